@@ -1,0 +1,36 @@
+# Two commands do everything: `make train` and `make test`. Both set up what is missing first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/default.yaml
+COMPETITION ?= commonlitreadabilityprize
+LAUNCH_ARGS ?=
+ARGS ?=
+
+.PHONY: setup venv data train test lint
+
+setup: venv data
+
+venv: $(VENV)/.installed
+
+# torch first and pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+data:
+	@bash scripts/get_data.sh $(COMPETITION) input/$(COMPETITION)
+
+train: setup
+	$(BIN)/accelerate launch $(LAUNCH_ARGS) src/train.py --config $(CONFIG) $(ARGS)
+
+# The tests make their own data and models; the competition data is fetched when it can be, not required.
+test: venv
+	-@bash scripts/get_data.sh $(COMPETITION) input/$(COMPETITION)
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests

@@ -1,0 +1,109 @@
+"""Tokens and batches: tokenize once per run, pad each batch only to its own longest text."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import PreTrainedTokenizerBase
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)[
+        "input_ids"
+    ]
+
+
+class TextDataset(Dataset):
+    """Rows `rows` of a tokenized table, with their targets when they are known."""
+
+    def __init__(self, input_ids: list[list[int]], rows: np.ndarray, targets: np.ndarray | None = None):
+        self.input_ids = input_ids
+        self.rows = rows
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.rows[i])
+        item = {"input_ids": self.input_ids[row], "row": row}
+        if self.targets is not None:
+            item["target"] = self.targets[row]
+        return item
+
+    def lengths(self) -> list[int]:
+        return [len(self.input_ids[int(r)]) for r in self.rows]
+
+
+class Collator:
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, it in enumerate(items):
+            ids[i, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
+            mask[i, : len(it["input_ids"])] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "row": torch.tensor([it["row"] for it in items])}
+        if "target" in items[0]:
+            batch["target"] = torch.tensor(np.stack([it["target"] for it in items]), dtype=torch.float32)
+        return batch
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar lengths.
+
+    Indices are shuffled, cut into chunks of `batch_size * chunk_batches`, each chunk sorted by length and cut
+    into batches, and the batches shuffled again: little padding, yet every epoch sees new batches. The order
+    depends only on the seed and the epoch, so every process of a distributed run draws the same one.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, chunk_batches: int = 50) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.drop_last = False
+        self.seed = seed
+        self.chunk = batch_size * chunk_batches
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 1000 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.chunk):
+            chunk = sorted(order[start : start + self.chunk], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+        self.epoch += 1
+
+
+def train_loader(
+    dataset: TextDataset, batch_size: int, seed: int, bucketing: bool, collate: Collator
+) -> DataLoader:
+    if bucketing:
+        sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+
+
+def eval_loader(
+    input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator
+) -> DataLoader:
+    """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
+    order = sorted(rows, key=lambda r: len(input_ids[int(r)]))
+    return DataLoader(TextDataset(input_ids, np.asarray(order)), batch_size=batch_size, collate_fn=collate)

@@ -1,0 +1,200 @@
+"""Configuration: YAML files composed through `defaults:`, dotted command-line overrides, strict validation.
+
+Every key of a run lives in `Config` below. Validation happens before any data is read or any model is built,
+so a typo stops the run in a second with a message that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class UserError(Exception):
+    """A problem the user can fix (config, data, paths): reported as one line, without a traceback."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    competition: str
+    dir: Path
+    train_file: str = "train.csv"
+    test_file: str = "test.csv"
+    sample_submission_file: str = "sample_submission.csv"
+    id_column: str
+    text_column: str
+    target_columns: list[str] = Field(min_length=1)
+    subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")
+
+
+class CVConfig(_Section):
+    scheme: Literal["stratified", "kfold", "group"] = "stratified"
+    n_folds: int = Field(default=5, ge=2)
+    n_bins: int = Field(default=10, ge=2, description="bins of the target for stratification")
+    group_column: str | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _group_needs_column(self) -> CVConfig:
+        if self.scheme == "group" and not self.group_column:
+            raise ValueError("scheme 'group' needs cv.group_column")
+        return self
+
+
+class DropoutConfig(_Section):
+    disable: bool = Field(default=True, description="switch off every dropout in the backbone")
+    config: dict[str, float] = Field(default_factory=dict, description="backbone config attribute -> value")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DropoutConfig:
+        for name, value in self.config.items():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"dropout.config.{name}={value}: a dropout probability must be in [0, 1)")
+            if self.disable and value > 0:
+                raise ValueError(f"dropout.config.{name}={value} contradicts dropout.disable=true")
+        return self
+
+
+class ModelConfig(_Section):
+    backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
+    pooling: Literal["cls", "mean", "attention"] = "mean"
+    max_len: int = Field(default=256, ge=8)
+    dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimizer steps")
+    batch_size: int = Field(default=16, ge=1)
+    eval_batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    head_lr: float | None = Field(default=None, gt=0, description="learning rate of pooling + head")
+    weight_decay: float = Field(default=0.01, ge=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    grad_accum: int = Field(default=1, ge=1)
+    eval_every: int = Field(default=40, ge=1, description="optimizer steps between validations")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    length_bucketing: bool = True
+
+
+class Config(_Section):
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 42
+    output_dir: Path = Path("outputs")
+    submission_dir: Path = Path("submissions")
+    folds: list[int] | None = Field(default=None, description="folds to train; null = all")
+    overwrite: bool = Field(default=False, description="delete an existing run folder with another config")
+    data: DataConfig
+    cv: CVConfig = Field(default_factory=CVConfig)
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _folds_in_range(self) -> Config:
+        if self.folds is not None:
+            bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
+            if bad or not self.folds or len(set(self.folds)) != len(self.folds):
+                raise ValueError(
+                    f"folds={self.folds}: give distinct fold numbers from 0 to {self.cv.n_folds - 1}"
+                )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.experiment
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def compose(path: Path) -> dict:
+    """Read a YAML file; files named in its `defaults:` list (relative to it) are merged first, in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config file must be a mapping of keys to values")
+    merged: dict = {}
+    for parent in raw.pop("defaults", []):
+        merged = _deep_merge(merged, compose(path.parent / parent))
+    return _deep_merge(merged, raw)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (`3e-5`, `[2]`, `null`, `true`)."""
+    result = dict(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"override '{item}': value is not valid YAML: {err}") from err
+        *parents, leaf = key.split(".")
+        update: dict = {leaf: value}
+        for parent in reversed(parents):
+            update = {parent: update}
+        result = _deep_merge(result, update)
+    return result
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The field names of the section at `loc` (to tell the user what an unknown key could have been)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1]))}")
+        elif e["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def validate(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return validate(apply_overrides(compose(Path(path)), overrides or []))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

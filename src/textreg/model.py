@@ -1,0 +1,148 @@
+"""Model: backbone resolution, dropout control, pooling heads and the regression model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+from textreg.config import DropoutConfig, ModelConfig, UserError
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_backbone(spec: str) -> str:
+    """A local folder, `package:<module>` (an installed package shipping a model folder) or a hub id."""
+    if spec.startswith(PACKAGE_PREFIX):
+        name = spec[len(PACKAGE_PREFIX) :]
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            raise UserError(f"model.backbone={spec!r}: package '{name}' is not installed") from err
+        if hasattr(module, "get_model_path"):
+            return str(module.get_model_path())
+        folders = sorted(p.parent for p in Path(module.__file__).parent.rglob("config.json"))
+        if not folders:
+            raise UserError(f"model.backbone={spec!r}: package '{name}' has no model folder (config.json)")
+        return str(folders[0])
+    return spec
+
+
+def _is_dropout_attribute(name: str, value: object) -> bool:
+    # BERT: hidden_dropout_prob, DistilBERT: dropout / attention_dropout, DeBERTa: pooler_dropout, ...
+    return isinstance(value, float) and not isinstance(value, bool) and "dropout" in name
+
+
+def load_backbone_config(model_cfg: ModelConfig) -> tuple[str, PretrainedConfig]:
+    """Load the backbone's config and apply the dropout settings to it."""
+    path = resolve_backbone(model_cfg.backbone)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"model.backbone={model_cfg.backbone!r}: cannot be loaded as a local folder, an installed "
+            f"package (package:<name>) or a hub id: {str(err).splitlines()[0]}"
+        ) from err
+    apply_dropout_config(config, model_cfg.dropout)
+    return path, config
+
+
+def apply_dropout_config(config: PretrainedConfig, dropout: DropoutConfig) -> None:
+    """Set named dropout attributes, refusing names the config does not have (transformers would ignore them)."""
+    for name, value in dropout.config.items():
+        if not hasattr(config, name):
+            known = sorted(k for k, v in config.to_dict().items() if _is_dropout_attribute(k, v))
+            raise UserError(
+                f"model.dropout.config.{name}: the {config.model_type} config has no such attribute; "
+                f"its dropout attributes are {known}"
+            )
+        setattr(config, name, value)
+    if dropout.disable:
+        for name, value in config.to_dict().items():
+            if _is_dropout_attribute(name, value):
+                setattr(config, name, 0.0)
+
+
+def disable_dropout(module: nn.Module) -> None:
+    """Zero every dropout module, whatever the architecture calls it (nn.Dropout*, DeBERTa's StableDropout)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.modules.dropout._DropoutNd):
+            sub.p = 0.0
+        elif hasattr(sub, "drop_prob") and isinstance(sub.drop_prob, float):
+            sub.drop_prob = 0.0
+        elif hasattr(sub, "dropout_prob") and isinstance(sub.dropout_prob, float):
+            sub.dropout_prob = 0.0
+
+
+@torch.no_grad()
+def check_deterministic(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """In train mode, two passes of one batch must agree; otherwise some dropout is still active."""
+    was_training = model.training
+    model.train()
+    first, second = model(**batch), model(**batch)
+    model.train(was_training)
+    if not torch.allclose(first, second, atol=1e-6, rtol=1e-5):
+        raise UserError(
+            "model.dropout.disable=true, but two train-mode passes of one batch differ: this backbone has a "
+            "dropout the switch does not reach; set its config attribute in model.dropout.config"
+        )
+
+
+class AttentionPooling(nn.Module):
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(hidden).squeeze(-1).float().masked_fill(mask == 0, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).to(hidden.dtype)
+        return torch.einsum("bt,bth->bh", weights, hidden)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class RegressionModel(nn.Module):
+    """Backbone -> pooling -> linear head with one output per target."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, n_targets: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.pooling = pooling
+        self.attention = AttentionPooling(hidden) if pooling == "attention" else None
+        self.head = nn.Linear(hidden, n_targets)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "mean":
+            pooled = mean_pool(hidden, attention_mask)
+        else:
+            pooled = self.attention(hidden, attention_mask)
+        return self.head(pooled)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+
+def build_model(
+    model_cfg: ModelConfig, n_targets: int, path: str, config: PretrainedConfig
+) -> RegressionModel:
+    backbone = AutoModel.from_pretrained(path, config=config)
+    if getattr(backbone, "pooler", None) is not None:
+        # Unused by our pooling heads; under DDP an unused parameter would stop the backward pass.
+        backbone.pooler = None
+    if model_cfg.dropout.disable:
+        disable_dropout(backbone)
+    return RegressionModel(backbone, model_cfg.pooling, n_targets)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,109 @@
+"""Cross-validation driver: config -> data and folds -> model -> engine -> artefacts, folds in one process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from textreg import artifacts
+from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader
+from textreg.config import Config
+from textreg.data import assign_folds, load_sample_submission, load_test, load_train
+from textreg.engine import train_fold
+from textreg.model import build_model, check_deterministic, load_backbone_config, load_tokenizer
+from textreg.submission import check_test_ids
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_mixed_precision(setting: str) -> str:
+    """`auto`: what `accelerate launch --mixed_precision` asked for, else the fastest the hardware does well."""
+    if setting != "auto":
+        return setting
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched != "no":
+        return launched
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "no"
+
+
+def run_cv(cfg: Config) -> dict | None:
+    """Train the configured folds; return the merged metrics on the main process (None elsewhere)."""
+    # Everything that can fail on user input is checked before the run folder is touched.
+    train_df, test_df = load_train(cfg), load_test(cfg)
+    check_test_ids(test_df, load_sample_submission(cfg), cfg.data.id_column)
+    backbone_path, backbone_config = load_backbone_config(cfg.model)
+    tokenizer = load_tokenizer(backbone_path)
+
+    accelerator = Accelerator(
+        mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
+        gradient_accumulation_steps=cfg.train.grad_accum,
+    )
+    train_df = assign_folds(train_df, cfg, accelerator.is_main_process)
+    folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
+    accelerator.print(
+        f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {backbone_path}, "
+        f"{accelerator.num_processes} process(es) on {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}"
+    )
+    run_dir = cfg.run_dir
+    if accelerator.is_main_process:
+        artifacts.prepare_run_dir(cfg)
+        train_df[[cfg.data.id_column, "fold"]].to_csv(run_dir / "folds.csv", index=False)
+        tokenizer.save_pretrained(run_dir / "backbone")
+        backbone_config.save_pretrained(run_dir / "backbone")
+    accelerator.wait_for_everyone()
+
+    train_ids = tokenize(tokenizer, train_df[cfg.data.text_column], cfg.model.max_len)
+    test_ids = tokenize(tokenizer, test_df[cfg.data.text_column], cfg.model.max_len)
+    targets = train_df[cfg.data.target_columns].to_numpy(dtype=np.float32)
+    collate = Collator(tokenizer.pad_token_id)
+    for fold in folds:
+        set_seed(cfg.seed + fold)
+        train_rows = np.flatnonzero(train_df["fold"].to_numpy() != fold)
+        valid_rows = np.flatnonzero(train_df["fold"].to_numpy() == fold)
+        train_set = TextDataset(train_ids, train_rows, targets)
+        loaders = {
+            "train": train_loader(
+                train_set, cfg.train.batch_size, cfg.seed + fold, cfg.train.length_bucketing, collate
+            ),
+            "valid": eval_loader(train_ids, valid_rows, cfg.train.eval_batch_size, collate),
+            "test": eval_loader(test_ids, np.arange(len(test_ids)), cfg.train.eval_batch_size, collate),
+        }
+        model = build_model(cfg.model, len(cfg.data.target_columns), backbone_path, backbone_config)
+        if cfg.model.dropout.disable:
+            probe = collate([train_set[i] for i in range(min(2, len(train_set)))])
+            check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
+        result = train_fold(accelerator, cfg.train, fold, model, loaders, targets, valid_rows, len(test_ids))
+        if accelerator.is_main_process:
+            artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
+        accelerator.print(f"fold {fold}: best val RMSE {result.best_rmse:.4f} at step {result.best_step}")
+        accelerator.wait_for_everyone()
+
+    if not accelerator.is_main_process:
+        return None
+    metrics = artifacts.finalize(run_dir)
+    accelerator.print(summary_line(metrics))
+    return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    folds = ", ".join(f"{k}: {m['rmse']:.4f}" for k, m in metrics["folds"].items())
+    line = f"CV RMSE {metrics['cv_rmse']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s of training"
+    if metrics["folds_missing"]:
+        return (
+            line + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
+        )
+    return line + f"; submission: {metrics['submission']}"
