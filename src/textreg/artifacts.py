@@ -78,9 +78,7 @@ def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return changed
 
 
-def save_fold(
-    run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series
-) -> None:
+def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series) -> None:
     targets = cfg.data.target_columns
     fold_dir = run_dir / f"fold{result.fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)[
-        "input_ids"
-    ]
+    return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)["input_ids"]
 
 
 class TextDataset(Dataset):
@@ -91,9 +89,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch += 1
 
 
-def train_loader(
-    dataset: TextDataset, batch_size: int, seed: int, bucketing: bool, collate: Collator
-) -> DataLoader:
+def train_loader(dataset: TextDataset, batch_size: int, seed: int, bucketing: bool, collate: Collator) -> DataLoader:
     if bucketing:
         sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
@@ -101,9 +97,7 @@ def train_loader(
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
 
 
-def eval_loader(
-    input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator
-) -> DataLoader:
+def eval_loader(input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator) -> DataLoader:
     """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
     order = sorted(rows, key=lambda r: len(input_ids[int(r)]))
     return DataLoader(TextDataset(input_ids, np.asarray(order)), batch_size=batch_size, collate_fn=collate)

@@ -102,9 +102,7 @@ class Config(_Section):
         if self.folds is not None:
             bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
             if bad or not self.folds or len(set(self.folds)) != len(self.folds):
-                raise ValueError(
-                    f"folds={self.folds}: give distinct fold numbers from 0 to {self.cv.n_folds - 1}"
-                )
+                raise ValueError(f"folds={self.folds}: give distinct fold numbers from 0 to {self.cv.n_folds - 1}")
         return self
 
     @property

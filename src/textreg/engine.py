@@ -109,9 +109,7 @@ def train_fold(
         pred = predict(accelerator, model, valid_dl, n_valid_rows)[valid_rows]
         score = rmse(valid_targets, pred)
         loss = float(np.mean(running_loss)) if running_loss else float("nan")
-        history.append(
-            {"step": step, "val_rmse": score, "train_loss": loss, "lr": scheduler.get_last_lr()[0]}
-        )
+        history.append({"step": step, "val_rmse": score, "train_loss": loss, "lr": scheduler.get_last_lr()[0]})
         running_loss.clear()
         if score < best["rmse"]:
             state = accelerator.unwrap_model(model).state_dict()

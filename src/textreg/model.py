@@ -132,9 +132,7 @@ class RegressionModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
 
-def build_model(
-    model_cfg: ModelConfig, n_targets: int, path: str, config: PretrainedConfig
-) -> RegressionModel:
+def build_model(model_cfg: ModelConfig, n_targets: int, path: str, config: PretrainedConfig) -> RegressionModel:
     backbone = AutoModel.from_pretrained(path, config=config)
     if getattr(backbone, "pooler", None) is not None:
         # Unused by our pooling heads; under DDP an unused parameter would stop the backward pass.

@@ -48,6 +48,8 @@ def run_cv(cfg: Config) -> dict | None:
     tokenizer = load_tokenizer(backbone_path)
 
     accelerator = Accelerator(
+        # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
     )
@@ -103,7 +105,5 @@ def summary_line(metrics: dict) -> str:
     folds = ", ".join(f"{k}: {m['rmse']:.4f}" for k, m in metrics["folds"].items())
     line = f"CV RMSE {metrics['cv_rmse']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s of training"
     if metrics["folds_missing"]:
-        return (
-            line + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
-        )
+        return line + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
     return line + f"; submission: {metrics['submission']}"

@@ -23,9 +23,7 @@ def make_submission(
     sample: pd.DataFrame, ids: pd.Series, preds: np.ndarray, id_column: str, target_columns: list[str]
 ) -> pd.DataFrame:
     """Predictions (rows in the order of `ids`) laid out as the sample submission: same ids, same order."""
-    by_id = pd.DataFrame(
-        np.asarray(preds).reshape(len(ids), -1), columns=target_columns, index=ids.to_numpy()
-    )
+    by_id = pd.DataFrame(np.asarray(preds).reshape(len(ids), -1), columns=target_columns, index=ids.to_numpy())
     if by_id.index.has_duplicates or set(by_id.index) != set(sample[id_column]):
         raise UserError("predicted ids do not match the sample submission's ids")
     submission = sample[[id_column]].copy()

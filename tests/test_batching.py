@@ -1,0 +1,47 @@
+import numpy as np
+import torch
+
+from textreg.batching import BucketBatchSampler, Collator, TextDataset, eval_loader
+
+
+def test_bucket_batches_cover_every_row_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, size=1000).tolist()
+    sampler = BucketBatchSampler(lengths, batch_size=16, seed=1, chunk_batches=10)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    padded = sum(16 * max(lengths[i] for i in b) for b in batches)
+    random_order = [list(range(1000))[s : s + 16] for s in range(0, 1000, 16)]
+    padded_random = sum(16 * max(lengths[i] for i in b) for b in random_order)
+    assert padded < 0.7 * padded_random
+
+
+def test_bucket_order_depends_on_seed_and_epoch_only():
+    lengths = list(range(200))
+
+    def epochs(seed):
+        sampler = BucketBatchSampler(lengths, 8, seed)
+        return [list(sampler), list(sampler)]
+
+    first, second = epochs(3)
+    assert first == epochs(3)[0] and second == epochs(3)[1]  # reproducible, the same on every process
+    assert first != second  # a new order every epoch
+    assert first != epochs(4)[0]
+
+
+def test_collator_pads_to_the_longest_in_the_batch():
+    ids = [[101, 5, 6, 102], [101, 7, 102]]
+    batch = Collator(pad_token_id=0)(
+        [{"input_ids": i, "row": r, "target": np.array([r], "f4")} for r, i in enumerate(ids)]
+    )
+    assert batch["input_ids"].tolist() == [[101, 5, 6, 102], [101, 7, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["target"].dtype == torch.float32
+
+
+def test_eval_loader_sorts_by_length_and_keeps_rows():
+    ids = [[1] * n for n in (9, 3, 7, 5)]
+    rows = [r for batch in eval_loader(ids, np.arange(4), 2, Collator(0)) for r in batch["row"].tolist()]
+    assert rows == [1, 3, 2, 0]
+    assert len(TextDataset(ids, np.array([0, 2]))) == 2

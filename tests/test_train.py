@@ -1,0 +1,138 @@
+"""The whole train path on synthetic data and a tiny backbone: artefacts, single folds, merging, bad input."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "src/train.py", "--config", str(config), *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def check_run(run_dir: Path, data_dir: Path, submission: Path, n_folds: int = 2) -> None:
+    train_df = pd.read_csv(data_dir / "train.csv")
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert sorted(oof["id"]) == sorted(train_df["id"])  # exactly one OOF prediction per row
+    assert np.isfinite(oof["target_pred"]).all()
+    folds = pd.read_csv(run_dir / "folds.csv").set_index("id")["fold"]
+    assert (oof.set_index("id")["fold"] == folds.reindex(oof["id"])).all()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    errors = oof["target"] - oof["target_pred"]
+    assert metrics["cv_rmse"] == pytest.approx(float(np.sqrt(np.mean(errors**2))))
+    assert sorted(metrics["folds"]) == [str(k) for k in range(n_folds)]
+    for k in range(n_folds):
+        fold = metrics["folds"][str(k)]
+        assert fold["best_step"] > 0 and fold["train_samples_per_second"] > 0
+        assert load_file(run_dir / f"fold{k}" / "model.safetensors")  # loads without unpickling anything
+    sample = pd.read_csv(data_dir / "sample_submission.csv")
+    sub = pd.read_csv(submission)
+    assert list(sub.columns) == list(sample.columns) and sub["id"].equals(sample["id"])
+    test_pred = pd.read_csv(run_dir / "test_predictions.csv").set_index("id")
+    assert np.allclose(sub.set_index("id")["target"], test_pred.loc[sub["id"], "target"])
+    assert np.allclose(test_pred["target"], test_pred[[f"target_fold{k}" for k in range(n_folds)]].mean(axis=1))
+
+
+def test_debug_config_end_to_end(make_config, competition, tmp_path):
+    config = make_config(model__pooling="attention")
+    result = run_train(config)
+    assert result.returncode == 0, result.stderr
+    assert "CV RMSE" in result.stdout
+    check_run(tmp_path / "outputs" / "tiny", competition, tmp_path / "submissions" / "tiny.csv")
+
+
+def test_single_folds_run_apart_then_merge(make_config, competition, tmp_path):
+    config = make_config()
+    run_dir = tmp_path / "outputs" / "tiny"
+    first = run_train(config, "folds=[1]")
+    assert first.returncode == 0, first.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["folds_missing"] == [0]
+    assert not (tmp_path / "submissions" / "tiny.csv").exists()  # no submission from half the folds
+    fold1_model = (run_dir / "fold1" / "model.safetensors").read_bytes()
+    second = run_train(config, "folds=[0]")
+    assert second.returncode == 0, second.stderr
+    assert (run_dir / "fold1" / "model.safetensors").read_bytes() == fold1_model
+    check_run(run_dir, competition, tmp_path / "submissions" / "tiny.csv")
+    (run_dir / "metrics.json").unlink()
+    merged = subprocess.run([sys.executable, "src/merge.py", str(run_dir)], cwd=REPO, capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    check_run(run_dir, competition, tmp_path / "submissions" / "tiny.csv")
+
+
+def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys):
+    config = make_config()
+    run_dir = tmp_path / "outputs" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("experiment: tiny\ntrain: {lr: 0.5}\n")
+    assert train.main(["--config", str(config)]) == 2
+    assert "holds a run of another config (differs in" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").read_text().startswith("experiment: tiny\ntrain: {lr: 0.5}")
+
+
+def corrupt(data_dir: Path, how: str) -> None:
+    df = pd.read_csv(data_dir / "train.csv")
+    if how == "no text column":
+        df = df.drop(columns="excerpt")
+    elif how == "no target column":
+        df = df.drop(columns="target")
+    elif how == "NaN target":
+        df.loc[5, "target"] = np.nan
+    elif how == "text target":
+        df["target"] = df["target"].astype(object)
+        df.loc[5, "target"] = "easy"
+    elif how == "empty text":
+        df.loc[7, "excerpt"] = "   "
+    elif how == "duplicate id":
+        df.loc[3, "id"] = df.loc[2, "id"]
+    df.to_csv(data_dir / "train.csv", index=False)
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("no text column", r"train.csv: missing column\(s\) \['excerpt'\]"),
+        ("no target column", r"train.csv: missing column\(s\) \['target'\]"),
+        ("NaN target", r"train.csv: target 'target' is missing or not a number at row 7"),
+        ("text target", r"train.csv: target 'target' is missing or not a number at row 7"),
+        ("empty text", r"train.csv: empty or non-text 'excerpt' at row 9"),
+        ("duplicate id", r"train.csv: duplicate id\(s\) in 'id', e.g. 'tr002'"),
+    ],
+)
+def test_bad_training_data_stops_before_anything_is_written(make_config, competition, tmp_path, capsys, how, message):
+    corrupt(competition, how)
+    assert train.main(["--config", str(make_config())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "message"),
+    [
+        ("package:no_such_model_package", "package 'no_such_model_package' is not installed"),
+        ("/no/such/folder", "cannot be loaded as a local folder, an installed package"),
+        ("no-such-org/no-such-model", "cannot be loaded as a local folder, an installed package"),
+    ],
+)
+def test_a_backbone_that_does_not_exist_is_a_clear_error(make_config, tmp_path, capsys, backbone, message):
+    assert train.main(["--config", str(make_config()), f"model.backbone={backbone}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_unknown_config_key_is_a_clear_error(make_config, tmp_path, capsys):
+    assert train.main(["--config", str(make_config()), "train.learning_rate=1e-3"]) == 2
+    assert "train.learning_rate: unknown key; allowed here:" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()
