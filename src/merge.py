@@ -1,4 +1,4 @@
-"""Merge the folds of a run folder (e.g. folds trained on several machines): `python src/merge.py outputs/<exp>`.
+"""Merge the folds of a run folder (e.g. trained on several machines): `python src/merge.py outputs/<exp>`.
 
 Writes oof.csv, test_predictions.csv, metrics.json and, once every fold is there, the submission.
 """
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from textreg.artifacts import finalize
-from textreg.config import UserError
+from textreg.config import run_reporting_user_errors
 from textreg.pipeline import summary_line
 
 
@@ -16,12 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path, help="outputs/<experiment>")
     args = parser.parse_args(argv)
-    try:
-        print(summary_line(finalize(args.run_dir)))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_user_errors(lambda: print(summary_line(finalize(args.run_dir))))
 
 
 if __name__ == "__main__":

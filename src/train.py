@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from textreg.config import UserError, load_config
+from textreg.config import load_config, run_reporting_user_errors
 from textreg.pipeline import run_cv
 
 
@@ -12,12 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/default.yaml", help="experiment config (YAML)")
     parser.add_argument("overrides", nargs="*", help="overrides such as train.lr=3e-5 folds=[2]")
     args = parser.parse_args(argv)
-    try:
-        run_cv(load_config(args.config, args.overrides))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_user_errors(lambda: run_cv(load_config(args.config, args.overrides)))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
+import merge
 import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +137,8 @@ def test_an_unknown_config_key_is_a_clear_error(make_config, tmp_path, capsys):
     assert train.main(["--config", str(make_config()), "train.learning_rate=1e-3"]) == 2
     assert "train.learning_rate: unknown key; allowed here:" in capsys.readouterr().err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_merge_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert merge.main([str(tmp_path)]) == 2
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err

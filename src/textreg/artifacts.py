@@ -111,6 +111,8 @@ def finished_folds(run_dir: Path) -> list[int]:
 
 def finalize(run_dir: Path) -> dict:
     """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
     id_col, targets = cfg.data.id_column, cfg.data.target_columns
     done = finished_folds(run_dir)

@@ -6,6 +6,8 @@ so a typo stops the run in a second with a message that names the key and what i
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 class UserError(Exception):
     """A problem the user can fix (config, data, paths): reported as one line, without a traceback."""
+
+
+def run_reporting_user_errors(action: Callable[[], object]) -> int:
+    """Exit code of an entry script: 0, or 2 with `error: ...` on stderr for a UserError."""
+    try:
+        action()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class _Section(BaseModel):

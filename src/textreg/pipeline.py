@@ -63,7 +63,7 @@ def run_cv(cfg: Config) -> dict | None:
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
         artifacts.prepare_run_dir(cfg)
-        train_df[[cfg.data.id_column, "fold"]].to_csv(run_dir / "folds.csv", index=False)
+        artifacts.write_csv(train_df[[cfg.data.id_column, "fold"]], run_dir / "folds.csv")
         tokenizer.save_pretrained(run_dir / "backbone")
         backbone_config.save_pretrained(run_dir / "backbone")
     accelerator.wait_for_everyone()
