@@ -66,3 +66,14 @@ def test_fold_assignment_is_saved_and_reused(table, tmp_path):
     # Another fold scheme gets its own file.
     assign_folds(table, load_config("configs/default.yaml", [f"output_dir={tmp_path}", "cv.seed=7"]))
     assert len(list((tmp_path / "folds").glob("*.csv"))) == 2
+
+
+def test_stratified_group_folds_keep_groups_whole_and_balance_the_chosen_column(table):
+    table = table.assign(other=np.random.default_rng(2).normal(size=len(table)))
+    cv = CVConfig(scheme="stratified_group", group_column="group", stratify_column="other", n_bins=5)
+    folds = make_folds(table, cv, ["target"])
+    assert (table.assign(fold=folds).groupby("group")["fold"].nunique() == 1).all()
+    assert set(folds) == set(range(5))
+    # Stratified on `other`, not on the target: the folds differ from those stratified on the target.
+    on_target = make_folds(table, CVConfig(scheme="stratified_group", group_column="group", n_bins=5), ["target"])
+    assert (folds != on_target).any()

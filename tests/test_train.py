@@ -31,7 +31,7 @@ def check_run(run_dir: Path, data_dir: Path, submission: Path, n_folds: int = 2)
     assert (oof.set_index("id")["fold"] == folds.reindex(oof["id"])).all()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     errors = oof["target"] - oof["target_pred"]
-    assert metrics["cv_rmse"] == pytest.approx(float(np.sqrt(np.mean(errors**2))))
+    assert metrics["cv_score"] == pytest.approx(float(np.sqrt(np.mean(errors**2))))
     assert sorted(metrics["folds"]) == [str(k) for k in range(n_folds)]
     for k in range(n_folds):
         fold = metrics["folds"][str(k)]
@@ -49,7 +49,7 @@ def test_debug_config_end_to_end(make_config, competition, tmp_path):
     config = make_config(model__pooling="attention")
     result = run_train(config)
     assert result.returncode == 0, result.stderr
-    assert "CV RMSE" in result.stdout
+    assert "CV rmse" in result.stdout
     check_run(tmp_path / "outputs" / "tiny", competition, tmp_path / "submissions" / "tiny.csv")
 
 
@@ -106,7 +106,7 @@ def corrupt(data_dir: Path, how: str) -> None:
         ("no target column", r"train.csv: missing column\(s\) \['target'\]"),
         ("NaN target", r"train.csv: target 'target' is missing or not a number at row 7"),
         ("text target", r"train.csv: target 'target' is missing or not a number at row 7"),
-        ("empty text", r"train.csv: empty or non-text 'excerpt' at row 9"),
+        ("empty text", r"train.csv: empty or non-text \[.excerpt.\] at row 9"),
         ("duplicate id", r"train.csv: duplicate id\(s\) in 'id', e.g. 'tr002'"),
     ],
 )

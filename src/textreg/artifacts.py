@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from textreg.config import Config, UserError, save_config, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.engine import FoldResult
-from textreg.metrics import rmse, rmse_per_target
+from textreg.metrics import per_target, score
 from textreg.submission import make_submission
 
 IGNORED_KEYS = ("folds", "overwrite")  # may differ between runs that share one folder
@@ -90,12 +90,12 @@ def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFram
     test = pd.DataFrame(result.test_pred, columns=targets)
     test.insert(0, cfg.data.id_column, test_ids.to_numpy())
     write_csv(test, fold_dir / "test.csv")
-    per_target = rmse_per_target(valid[targets].to_numpy(), result.valid_pred)
     write_json(
         {
             "fold": result.fold,
-            "rmse": result.best_rmse,
-            "rmse_per_target": dict(zip(targets, per_target.tolist(), strict=True)),
+            "metric": cfg.metric,
+            "score": result.best_score,
+            "per_target": _by_target(cfg, valid[targets].to_numpy(), result.valid_pred),
             "best_step": result.best_step,
             "train_seconds": round(result.train_seconds, 1),
             "train_samples_per_second": round(result.train_samples_per_second, 2),
@@ -103,6 +103,10 @@ def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFram
         },
         fold_dir / "metrics.json",
     )
+
+
+def _by_target(cfg: Config, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    return dict(zip(cfg.data.target_columns, per_target(cfg.metric, truth, pred).tolist(), strict=True))
 
 
 def finished_folds(run_dir: Path) -> list[int]:
@@ -130,20 +134,15 @@ def finalize(run_dir: Path) -> dict:
     write_csv(merged, run_dir / "test_predictions.csv")
 
     fold_metrics = {k: json.loads((run_dir / f"fold{k}" / "metrics.json").read_text()) for k in done}
-    fold_rmse = [m["rmse"] for m in fold_metrics.values()]
-    pred_cols = [f"{t}_pred" for t in targets]
+    fold_scores = [m["score"] for m in fold_metrics.values()]
+    truth, pred = oof[targets].to_numpy(), oof[[f"{t}_pred" for t in targets]].to_numpy()
     metrics = {
         "experiment": cfg.experiment,
-        "cv_rmse": rmse(oof[targets].to_numpy(), oof[pred_cols].to_numpy()),
-        "cv_rmse_per_target": dict(
-            zip(
-                targets,
-                rmse_per_target(oof[targets].to_numpy(), oof[pred_cols].to_numpy()).tolist(),
-                strict=True,
-            )
-        ),
-        "fold_rmse_mean": float(np.mean(fold_rmse)),
-        "fold_rmse_std": float(np.std(fold_rmse)),
+        "metric": cfg.metric,
+        "cv_score": score(cfg.metric, truth, pred),
+        "cv_per_target": _by_target(cfg, truth, pred),
+        "fold_score_mean": float(np.mean(fold_scores)),
+        "fold_score_std": float(np.std(fold_scores)),
         "folds_done": done,
         "folds_missing": missing,
         "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics.values()), 1),

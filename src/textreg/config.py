@@ -33,6 +33,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class JoinConfig(_Section):
+    """An extra table joined on a key before the model input is built (a prompt table, say)."""
+
+    file: str
+    test_file: str | None = Field(default=None, description="the table for the test rows, if it differs")
+    key: str = Field(description="the column both tables share")
+
+
 class DataConfig(_Section):
     competition: str
     dir: Path
@@ -40,22 +48,34 @@ class DataConfig(_Section):
     test_file: str = "test.csv"
     sample_submission_file: str = "sample_submission.csv"
     id_column: str
-    text_column: str
+    text_column: str | None = Field(default=None, description="the model input, when it is one column")
+    text_template: str | None = Field(
+        default=None, description="the model input built from columns: '{question}{sep}{answer}'"
+    )
+    joins: list[JoinConfig] = Field(default_factory=list)
     target_columns: list[str] = Field(min_length=1)
+    standardize_targets: bool = Field(default=False, description="train on z-scores, predict in target units")
     subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")
+
+    @model_validator(mode="after")
+    def _one_text_source(self) -> DataConfig:
+        if (self.text_column is None) == (self.text_template is None):
+            raise ValueError("set exactly one of data.text_column and data.text_template")
+        return self
 
 
 class CVConfig(_Section):
-    scheme: Literal["stratified", "kfold", "group"] = "stratified"
+    scheme: Literal["stratified", "kfold", "group", "stratified_group"] = "stratified"
     n_folds: int = Field(default=5, ge=2)
-    n_bins: int = Field(default=10, ge=2, description="bins of the target for stratification")
+    n_bins: int = Field(default=10, ge=2, description="bins of the stratification column")
+    stratify_column: str | None = Field(default=None, description="default: the first target")
     group_column: str | None = None
     seed: int = 42
 
     @model_validator(mode="after")
     def _group_needs_column(self) -> CVConfig:
-        if self.scheme == "group" and not self.group_column:
-            raise ValueError("scheme 'group' needs cv.group_column")
+        if "group" in self.scheme and not self.group_column:
+            raise ValueError(f"scheme '{self.scheme}' needs cv.group_column")
         return self
 
 
@@ -104,6 +124,7 @@ class Config(_Section):
     submission_dir: Path = Path("submissions")
     folds: list[int] | None = Field(default=None, description="folds to train; null = all")
     overwrite: bool = Field(default=False, description="delete an existing run folder with another config")
+    metric: Literal["rmse", "mcrmse", "mae"] = Field(default="rmse", description="lower is better")
     data: DataConfig
     cv: CVConfig = Field(default_factory=CVConfig)
     model: ModelConfig

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from string import Formatter
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from textreg.config import Config, CVConfig, DataConfig, UserError
 
@@ -22,29 +23,55 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 
 def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
-    missing = [c for c in columns if c not in df.columns]
+    missing = [c for c in dict.fromkeys(columns) if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {missing}; the file has {list(df.columns)}")
 
 
-def _check_ids_and_texts(df: pd.DataFrame, data: DataConfig, path: Path) -> None:
+def text_fields(data: DataConfig) -> list[str]:
+    """The columns the model input is made of."""
+    if data.text_column is not None:
+        return [data.text_column]
+    return [name for _, name, _, _ in Formatter().parse(data.text_template) if name and name != "sep"]
+
+
+def _join(df: pd.DataFrame, data: DataConfig, split: str) -> pd.DataFrame:
+    """Left-join the extra tables; every row must find its key."""
+    for join in data.joins:
+        path = data.dir / (join.test_file if split == "test" and join.test_file else join.file)
+        table = read_csv(path)
+        _require_columns(table, [join.key], path)
+        if table[join.key].duplicated().any():
+            raise UserError(f"{path}: key '{join.key}' is not unique")
+        missing = set(df[join.key]) - set(table[join.key])
+        if missing:
+            raise UserError(f"{path}: no row for {join.key} {sorted(missing)[:3]}")
+        df = df.merge(table, on=join.key, how="left", suffixes=("", f"_{path.stem}"))
+    return df
+
+
+def _load(cfg: Config, split: str, file: str, required: list[str]) -> pd.DataFrame:
+    data = cfg.data
+    path = data.dir / file
+    df = read_csv(path)
+    _require_columns(df, [data.id_column, *(j.key for j in data.joins), *required], path)
     dup = df[data.id_column][df[data.id_column].duplicated()]
     if len(dup):
         raise UserError(f"{path}: duplicate id(s) in '{data.id_column}', e.g. {dup.iloc[0]!r}")
-    texts = df[data.text_column]
-    empty = ~texts.map(lambda t: isinstance(t, str) and bool(t.strip()))
+    df = _join(df, data, split)
+    _require_columns(df, text_fields(data), path)
+    empty = ~df[text_fields(data)].map(lambda t: isinstance(t, str) and bool(t.strip())).all(axis=1)
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
-        raise UserError(f"{path}: empty or non-text '{data.text_column}' at row {row + 2} (line in the file)")
+        raise UserError(f"{path}: empty or non-text {text_fields(data)} at row {row + 2} (line in the file)")
+    return df
 
 
 def load_train(cfg: Config) -> pd.DataFrame:
-    data = cfg.data
+    data, cv = cfg.data, cfg.cv
     path = data.dir / data.train_file
-    df = read_csv(path)
-    extra = [cfg.cv.group_column] if cfg.cv.scheme == "group" else []
-    _require_columns(df, [data.id_column, data.text_column, *data.target_columns, *extra], path)
-    _check_ids_and_texts(df, data, path)
+    extra = [c for c in (cv.group_column, cv.stratify_column) if c]
+    df = _load(cfg, "train", data.train_file, [*data.target_columns, *extra])
     for col in data.target_columns:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
@@ -58,12 +85,14 @@ def load_train(cfg: Config) -> pd.DataFrame:
 
 
 def load_test(cfg: Config) -> pd.DataFrame:
-    data = cfg.data
-    path = data.dir / data.test_file
-    df = read_csv(path)
-    _require_columns(df, [data.id_column, data.text_column], path)
-    _check_ids_and_texts(df, data, path)
-    return df.reset_index(drop=True)
+    return _load(cfg, "test", cfg.data.test_file, []).reset_index(drop=True)
+
+
+def model_inputs(df: pd.DataFrame, data: DataConfig, sep: str) -> list[str]:
+    """The text the model reads: one column, or the template filled from each row ({sep}: the separator)."""
+    if data.text_column is not None:
+        return df[data.text_column].tolist()
+    return [data.text_template.format_map({**row, "sep": sep}) for row in df.to_dict("records")]
 
 
 def load_sample_submission(cfg: Config) -> pd.DataFrame:
@@ -74,24 +103,28 @@ def load_sample_submission(cfg: Config) -> pd.DataFrame:
 
 
 def make_folds(df: pd.DataFrame, cv: CVConfig, target_columns: list[str]) -> np.ndarray:
-    """Fold number of every row. Stratification bins the first target into `n_bins` quantile bins."""
+    """Fold number of every row. Stratified schemes bin the stratification column into `n_bins` quantiles."""
     n = len(df)
     if cv.n_folds > n:
         raise UserError(f"cv.n_folds={cv.n_folds} is larger than the {n} training rows")
     folds = np.full(n, -1, dtype=int)
     index = np.zeros(n)
-    if cv.scheme == "stratified":
+    groups = df[cv.group_column] if cv.group_column else None
+    if groups is not None and groups.nunique() < cv.n_folds:
+        raise UserError(f"cv.group_column '{cv.group_column}' has fewer groups than cv.n_folds={cv.n_folds}")
+    if cv.scheme.startswith("stratified"):
         if cv.n_bins * cv.n_folds > n:
             raise UserError(f"cv.n_bins={cv.n_bins} x cv.n_folds={cv.n_folds} is more than the {n} rows")
-        bins = pd.qcut(df[target_columns[0]], q=cv.n_bins, labels=False, duplicates="drop")
-        splitter = StratifiedKFold(cv.n_folds, shuffle=True, random_state=cv.seed)
-        splits = splitter.split(index, bins)
+        column = df[cv.stratify_column or target_columns[0]]
+        bins = pd.qcut(column, q=cv.n_bins, labels=False, duplicates="drop")
+        if cv.scheme == "stratified":
+            splits = StratifiedKFold(cv.n_folds, shuffle=True, random_state=cv.seed).split(index, bins)
+        else:
+            splitter = StratifiedGroupKFold(cv.n_folds, shuffle=True, random_state=cv.seed)
+            splits = splitter.split(index, bins, groups=groups)
     elif cv.scheme == "kfold":
         splits = KFold(cv.n_folds, shuffle=True, random_state=cv.seed).split(index)
     else:
-        groups = df[cv.group_column]
-        if groups.nunique() < cv.n_folds:
-            raise UserError(f"cv.group_column '{cv.group_column}' has fewer groups than cv.n_folds")
         splits = GroupKFold(cv.n_folds, shuffle=True, random_state=cv.seed).split(index, groups=groups)
     for fold, (_, valid_idx) in enumerate(splits):
         folds[valid_idx] = fold
@@ -102,8 +135,8 @@ def _folds_file(cfg: Config, ids: pd.Series) -> Path:
     """One file per fold scheme and set of rows, shared by every experiment that uses them."""
     cv = cfg.cv
     digest = hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:10]
-    group = f"-{cv.group_column}" if cv.scheme == "group" else ""
-    bins = f"-bins{cv.n_bins}" if cv.scheme == "stratified" else ""
+    group = f"-{cv.group_column}" if "group" in cv.scheme else ""
+    bins = f"-{cv.stratify_column or 'target0'}-bins{cv.n_bins}" if cv.scheme.startswith("stratified") else ""
     name = f"{cfg.data.competition}-{cv.scheme}{group}-k{cv.n_folds}{bins}-seed{cv.seed}-{digest}.csv"
     return cfg.output_dir / "folds" / name
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from textreg.config import TrainConfig
-from textreg.metrics import rmse
+from textreg.metrics import score
 from textreg.model import RegressionModel
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -42,7 +42,7 @@ def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.O
 @dataclass
 class FoldResult:
     fold: int
-    best_rmse: float
+    best_score: float
     best_step: int
     valid_pred: np.ndarray  # rows of the validation set, in the order of `valid_rows`
     test_pred: np.ndarray
@@ -56,9 +56,10 @@ class FoldResult:
 def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int) -> np.ndarray:
     """Predictions of every row of the loader's dataset, indexed by row; exactly one per row on any process count."""
     model.eval()
+    units = accelerator.unwrap_model(model)
     preds, rows = [], []
     for batch in loader:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+        out = units.to_target_units(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
         out, row = accelerator.gather_for_metrics((out, batch["row"]))
         preds.append(out.cpu())
         rows.append(row.cpu())
@@ -73,6 +74,7 @@ def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_ro
 def train_fold(
     accelerator: Accelerator,
     train: TrainConfig,
+    metric: str,
     fold: int,
     model: RegressionModel,
     loaders: dict[str, DataLoader],
@@ -80,7 +82,8 @@ def train_fold(
     valid_rows: np.ndarray,
     n_test: int,
 ) -> FoldResult:
-    """Train one fold, validating every `eval_every` optimizer steps; keep the weights of the best step."""
+    """Train one fold, validating every `eval_every` optimizer steps; keep the weights of the best step (lowest
+    `metric`)."""
     optimizer = build_optimizer(model, train)
     steps_per_epoch = math.ceil(len(loaders["train"]) / train.grad_accum)
     total_steps = steps_per_epoch * train.epochs
@@ -92,6 +95,7 @@ def train_fold(
         num_warmup_steps=int(train.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    units = model  # the bare model, for the target scaling buffers
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["valid"], loaders["test"], scheduler
     )
@@ -100,26 +104,26 @@ def train_fold(
     # Steps count optimizer updates over all processes together, so that eval_every and max_steps mean the
     # same number of samples whatever the number of processes.
     step, samples, train_seconds = 0, 0, 0.0
-    best = {"rmse": math.inf, "step": 0, "pred": None, "state": None}
+    best = {"score": math.inf, "step": 0, "pred": None, "state": None}
     history = []
     running_loss = []
     bar = tqdm(total=total_steps, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
 
     def validate() -> None:
         pred = predict(accelerator, model, valid_dl, n_valid_rows)[valid_rows]
-        score = rmse(valid_targets, pred)
+        val_score = score(metric, valid_targets, pred)
         loss = float(np.mean(running_loss)) if running_loss else float("nan")
-        history.append({"step": step, "val_rmse": score, "train_loss": loss, "lr": scheduler.get_last_lr()[0]})
+        history.append({"step": step, "val_score": val_score, "train_loss": loss, "lr": scheduler.get_last_lr()[0]})
         running_loss.clear()
-        if score < best["rmse"]:
+        if val_score < best["score"]:
             state = accelerator.unwrap_model(model).state_dict()
             best.update(
-                rmse=score,
+                score=val_score,
                 step=step,
                 pred=pred,
                 state={k: v.detach().to("cpu", copy=True) for k, v in state.items()},
             )
-        bar.set_postfix(val_rmse=f"{score:.4f}", best=f"{best['rmse']:.4f}")
+        bar.set_postfix({f"val_{metric}": f"{val_score:.4f}", "best": f"{best['score']:.4f}"})
         model.train()
 
     model.train()
@@ -128,7 +132,7 @@ def train_fold(
         for batch in train_dl:
             with accelerator.accumulate(model):
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                loss = nn.functional.mse_loss(out.float(), batch["target"])
+                loss = nn.functional.mse_loss(out.float(), units.to_model_units(batch["target"]))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -155,7 +159,7 @@ def train_fold(
     accelerator.free_memory()
     return FoldResult(
         fold=fold,
-        best_rmse=best["rmse"],
+        best_score=best["score"],
         best_step=best["step"],
         valid_pred=best["pred"],
         test_pred=test_pred,

@@ -1,16 +1,28 @@
-"""Metrics: RMSE per target and their mean (MCRMSE, which is plain RMSE for a single target)."""
+"""Metrics, lower is better: RMSE over all values, MCRMSE (mean of per-target RMSEs), MAE.
+
+For a single target RMSE and MCRMSE are the same number.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def rmse_per_target(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    y_true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
-    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
-    return np.sqrt(np.mean((y_true - y_pred) ** 2, axis=0))
+def _as_2d(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(len(values), -1)
 
 
-def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean over targets of each target's RMSE."""
-    return float(np.mean(rmse_per_target(y_true, y_pred)))
+def per_target(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Each target's own score (RMSE for rmse and mcrmse, MAE for mae)."""
+    error = _as_2d(y_true) - _as_2d(y_pred)
+    if metric == "mae":
+        return np.mean(np.abs(error), axis=0)
+    return np.sqrt(np.mean(error**2, axis=0))
+
+
+def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    error = _as_2d(y_true) - _as_2d(y_pred)
+    if metric == "rmse":
+        return float(np.sqrt(np.mean(error**2)))
+    return float(np.mean(per_target(metric, y_true, y_pred)))

@@ -117,6 +117,10 @@ class RegressionModel(nn.Module):
         self.pooling = pooling
         self.attention = AttentionPooling(hidden) if pooling == "attention" else None
         self.head = nn.Linear(hidden, n_targets)
+        # The head predicts z-scores when targets are standardised; these buffers map them back to target
+        # units, and travel inside the checkpoint. Identity by default.
+        self.register_buffer("target_mean", torch.zeros(n_targets))
+        self.register_buffer("target_std", torch.ones(n_targets))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -127,6 +131,12 @@ class RegressionModel(nn.Module):
         else:
             pooled = self.attention(hidden, attention_mask)
         return self.head(pooled)
+
+    def to_target_units(self, output: torch.Tensor) -> torch.Tensor:
+        return output.float() * self.target_std + self.target_mean
+
+    def to_model_units(self, target: torch.Tensor) -> torch.Tensor:
+        return (target - self.target_mean) / self.target_std
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]

@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 from textreg import artifacts
 from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader
 from textreg.config import Config
-from textreg.data import assign_folds, load_sample_submission, load_test, load_train
+from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
 from textreg.engine import train_fold
 from textreg.model import build_model, check_deterministic, load_backbone_config, load_tokenizer
 from textreg.submission import check_test_ids
@@ -68,8 +68,9 @@ def run_cv(cfg: Config) -> dict | None:
         backbone_config.save_pretrained(run_dir / "backbone")
     accelerator.wait_for_everyone()
 
-    train_ids = tokenize(tokenizer, train_df[cfg.data.text_column], cfg.model.max_len)
-    test_ids = tokenize(tokenizer, test_df[cfg.data.text_column], cfg.model.max_len)
+    sep = tokenizer.sep_token or tokenizer.eos_token or " "
+    train_ids = tokenize(tokenizer, model_inputs(train_df, cfg.data, sep), cfg.model.max_len)
+    test_ids = tokenize(tokenizer, model_inputs(test_df, cfg.data, sep), cfg.model.max_len)
     targets = train_df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     collate = Collator(tokenizer.pad_token_id)
     for fold in folds:
@@ -85,13 +86,18 @@ def run_cv(cfg: Config) -> dict | None:
             "test": eval_loader(test_ids, np.arange(len(test_ids)), cfg.train.eval_batch_size, collate),
         }
         model = build_model(cfg.model, len(cfg.data.target_columns), backbone_path, backbone_config)
+        if cfg.data.standardize_targets:
+            model.target_mean.copy_(torch.from_numpy(targets[train_rows].mean(axis=0)))
+            model.target_std.copy_(torch.from_numpy(targets[train_rows].std(axis=0).clip(min=1e-6)))
         if cfg.model.dropout.disable:
             probe = collate([train_set[i] for i in range(min(2, len(train_set)))])
             check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
-        result = train_fold(accelerator, cfg.train, fold, model, loaders, targets, valid_rows, len(test_ids))
+        result = train_fold(
+            accelerator, cfg.train, cfg.metric, fold, model, loaders, targets, valid_rows, len(test_ids)
+        )
         if accelerator.is_main_process:
             artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
-        accelerator.print(f"fold {fold}: best val RMSE {result.best_rmse:.4f} at step {result.best_step}")
+        accelerator.print(f"fold {fold}: best val {cfg.metric} {result.best_score:.4f} at step {result.best_step}")
         accelerator.wait_for_everyone()
 
     if not accelerator.is_main_process:
@@ -102,8 +108,10 @@ def run_cv(cfg: Config) -> dict | None:
 
 
 def summary_line(metrics: dict) -> str:
-    folds = ", ".join(f"{k}: {m['rmse']:.4f}" for k, m in metrics["folds"].items())
-    line = f"CV RMSE {metrics['cv_rmse']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s of training"
+    folds = ", ".join(f"{k}: {m['score']:.4f}" for k, m in metrics["folds"].items())
+    line = (
+        f"CV {metrics['metric']} {metrics['cv_score']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s training"
+    )
     if metrics["folds_missing"]:
         return line + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
     return line + f"; submission: {metrics['submission']}"
