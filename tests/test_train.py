@@ -76,6 +76,7 @@ def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys
     run_dir = tmp_path / "outputs" / "tiny"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("experiment: tiny\ntrain: {lr: 0.5}\n")
+    (run_dir / "run.json").write_text('{"run_format": 1, "launches": []}')
     assert train.main(["--config", str(config)]) == 2
     assert "holds a run of another config (differs in" in capsys.readouterr().err
     assert (run_dir / "config.yaml").read_text().startswith("experiment: tiny\ntrain: {lr: 0.5}")

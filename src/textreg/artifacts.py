@@ -12,13 +12,22 @@ submissions/<experiment>.csv             the sample submission's format, mean ov
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import platform
 import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
+from accelerate import Accelerator
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from textreg.config import Config, UserError, save_config, validate
@@ -28,6 +37,8 @@ from textreg.metrics import per_target, score
 from textreg.submission import make_submission
 
 IGNORED_KEYS = ("folds", "overwrite")  # may differ between runs that share one folder
+RUN_FORMAT = 1  # the layout of a run folder; bump it when that changes, so old folders are refused clearly
+FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -47,24 +58,73 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in IGNORED_KEYS}
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run folder; refuse one that holds a run of another config unless `overwrite=true`."""
+def check_run_dir(cfg: Config) -> None:
+    """Read-only, on every process: may this run write into its folder? Finished folds of the same config are
+    kept (a rerun resumes); another config, or another template version, is refused unless `overwrite=true`."""
+    run_dir, saved_path = cfg.run_dir, cfg.run_dir / "config.yaml"
+    if cfg.overwrite or not saved_path.is_file():
+        return
+    _check_run_format(run_dir)
+    saved, current = _comparable(yaml.safe_load(saved_path.read_text())), _comparable(cfg.to_dict())
+    if saved != current:
+        keys = sorted(_changed_keys(saved, current))
+        raise UserError(
+            f"{run_dir} holds a run of another config (differs in {', '.join(keys)}); "
+            "name a new experiment (experiment=<name>) or pass overwrite=true to replace it"
+        )
+
+
+def _check_run_format(run_dir: Path) -> None:
+    path = run_dir / "run.json"
+    found = json.loads(path.read_text()).get("run_format") if path.is_file() else None
+    if found != RUN_FORMAT:
+        raise UserError(
+            f"{run_dir} was written by another version of this template (run format {found}, this one reads "
+            f"{RUN_FORMAT}); train it again under a new experiment name, or pass overwrite=true"
+        )
+
+
+def prepare_run_dir(cfg: Config, environment: dict) -> None:
+    """Main process only, after `check_run_dir`: create (or with overwrite, replace) the folder; record the
+    config and, for every launch into it, where and with what it ran."""
     run_dir = cfg.run_dir
-    saved_path = run_dir / "config.yaml"
-    if saved_path.is_file():
-        saved = _comparable(yaml.safe_load(saved_path.read_text()))
-        current = _comparable(cfg.to_dict())
-        if saved != current and not cfg.overwrite:
-            keys = sorted(_changed_keys(saved, current))
-            raise UserError(
-                f"{run_dir} holds a run of another config (differs in {', '.join(keys)}); "
-                "name a new experiment (experiment=<name>) or pass overwrite=true to replace it"
-            )
-        if saved != current:
-            shutil.rmtree(run_dir)
+    if cfg.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved_path)
-    return run_dir
+    save_config(cfg, run_dir / "config.yaml")
+    path = run_dir / "run.json"
+    launches = json.loads(path.read_text())["launches"] if path.is_file() else []
+    write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
+
+
+def describe_environment(accelerator: Accelerator, folds: list[int]) -> dict:
+    """What a number depends on besides the config: code version, packages, hardware."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    packages = ("torch", "transformers", "accelerate", "tokenizers", "numpy", "pandas", "scikit-learn")
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "folds": folds,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "packages": {name: importlib.metadata.version(name) for name in packages},
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
 
 
 def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -110,18 +170,34 @@ def _by_target(cfg: Config, truth: np.ndarray, pred: np.ndarray) -> dict[str, fl
 
 
 def finished_folds(run_dir: Path) -> list[int]:
+    """Folds whose last file (metrics.json, written after the others) is there."""
     return sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/metrics.json"))
+
+
+def check_fold_dir(fold_dir: Path) -> None:
+    """Every file of a finished fold is there, and the checkpoint's header reads."""
+    missing = [name for name in FOLD_FILES if not (fold_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{fold_dir}: missing {missing}; train the fold again (folds=[{fold_dir.name[4:]}])")
+    try:
+        with safe_open(fold_dir / "model.safetensors", framework="pt") as checkpoint:
+            checkpoint.keys()
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise UserError(f"{fold_dir}/model.safetensors is corrupt ({err}); train the fold again") from err
 
 
 def finalize(run_dir: Path) -> dict:
     """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+    _check_run_format(run_dir)
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
     id_col, targets = cfg.data.id_column, cfg.data.target_columns
     done = finished_folds(run_dir)
     if not done:
         raise UserError(f"{run_dir} holds no finished fold")
+    for k in done:
+        check_fold_dir(run_dir / f"fold{k}")
     missing = sorted(set(range(cfg.cv.n_folds)) - set(done))
     oof = pd.concat([read_csv(run_dir / f"fold{k}" / "oof.csv") for k in done], ignore_index=True)
     write_csv(oof, run_dir / "oof.csv")

@@ -9,13 +9,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from transformers import PretrainedConfig
 
 from textreg import artifacts
 from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
 from textreg.engine import train_fold
-from textreg.model import build_model, check_deterministic, load_backbone_config, load_tokenizer
+from textreg.model import (
+    RegressionModel,
+    build_model,
+    check_deterministic,
+    load_backbone_config,
+    load_tokenizer,
+)
 from textreg.submission import check_test_ids
 
 
@@ -46,6 +53,7 @@ def run_cv(cfg: Config) -> dict | None:
     check_test_ids(test_df, load_sample_submission(cfg), cfg.data.id_column)
     backbone_path, backbone_config = load_backbone_config(cfg.model)
     tokenizer = load_tokenizer(backbone_path)
+    artifacts.check_run_dir(cfg)
 
     accelerator = Accelerator(
         # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
@@ -62,7 +70,7 @@ def run_cv(cfg: Config) -> dict | None:
     )
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
-        artifacts.prepare_run_dir(cfg)
+        artifacts.prepare_run_dir(cfg, artifacts.describe_environment(accelerator, folds))
         artifacts.write_csv(train_df[[cfg.data.id_column, "fold"]], run_dir / "folds.csv")
         tokenizer.save_pretrained(run_dir / "backbone")
         backbone_config.save_pretrained(run_dir / "backbone")
@@ -73,10 +81,14 @@ def run_cv(cfg: Config) -> dict | None:
     test_ids = tokenize(tokenizer, model_inputs(test_df, cfg.data, sep), cfg.model.max_len)
     targets = train_df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     collate = Collator(tokenizer.pad_token_id)
+    finished = artifacts.finished_folds(run_dir)
     for fold in folds:
+        if fold in finished:
+            accelerator.print(f"fold {fold}: finished before, kept (overwrite=true trains every fold again)")
+            continue
         set_seed(cfg.seed + fold)
-        train_rows = np.flatnonzero(train_df["fold"].to_numpy() != fold)
         valid_rows = np.flatnonzero(train_df["fold"].to_numpy() == fold)
+        train_rows = np.flatnonzero(train_df["fold"].to_numpy() != fold)
         train_set = TextDataset(train_ids, train_rows, targets)
         loaders = {
             "train": train_loader(
@@ -85,13 +97,7 @@ def run_cv(cfg: Config) -> dict | None:
             "valid": eval_loader(train_ids, valid_rows, cfg.train.eval_batch_size, collate),
             "test": eval_loader(test_ids, np.arange(len(test_ids)), cfg.train.eval_batch_size, collate),
         }
-        model = build_model(cfg.model, len(cfg.data.target_columns), backbone_path, backbone_config)
-        if cfg.data.standardize_targets:
-            model.target_mean.copy_(torch.from_numpy(targets[train_rows].mean(axis=0)))
-            model.target_std.copy_(torch.from_numpy(targets[train_rows].std(axis=0).clip(min=1e-6)))
-        if cfg.model.dropout.disable:
-            probe = collate([train_set[i] for i in range(min(2, len(train_set)))])
-            check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
+        model = _fold_model(cfg, backbone_path, backbone_config, targets[train_rows], collate([train_set[0]]))
         result = train_fold(
             accelerator, cfg.train, cfg.metric, fold, model, loaders, targets, valid_rows, len(test_ids)
         )
@@ -105,6 +111,19 @@ def run_cv(cfg: Config) -> dict | None:
     metrics = artifacts.finalize(run_dir)
     accelerator.print(summary_line(metrics))
     return metrics
+
+
+def _fold_model(
+    cfg: Config, backbone_path: str, backbone_config: PretrainedConfig, train_targets: np.ndarray, probe: dict
+) -> RegressionModel:
+    """A fresh model for one fold, its target scaling fitted on the fold's training rows, its dropout checked."""
+    model = build_model(cfg.model, len(cfg.data.target_columns), backbone_path, backbone_config)
+    if cfg.data.standardize_targets:
+        model.target_mean.copy_(torch.from_numpy(train_targets.mean(axis=0)))
+        model.target_std.copy_(torch.from_numpy(train_targets.std(axis=0).clip(min=1e-6)))
+    if cfg.model.dropout.disable:
+        check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
+    return model
 
 
 def summary_line(metrics: dict) -> str:

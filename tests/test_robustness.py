@@ -1,0 +1,172 @@
+"""Nothing lost: resume after SIGKILL, reproducible runs, provenance, clear errors that leave nothing behind."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import merge
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(config: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, "src/train.py", "--config", str(config), *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_run_resumes_without_retraining_finished_folds(make_config, competition, tmp_path):
+    # Fold 1 is long enough (200 steps) to be killed in the middle of it.
+    config = make_config(train__max_steps=200, train__eval_every=100)
+    run_dir = tmp_path / "outputs" / "tiny"
+    process = launch(config)
+    deadline = time.time() + 240
+    while not (run_dir / "fold0" / "metrics.json").exists():
+        assert process.poll() is None and time.time() < deadline, "fold 0 never finished"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "fold1" / "metrics.json").exists(), "killed too late: fold 1 had finished"
+    fold0 = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run_dir / "fold0").iterdir()}
+
+    rerun = launch(config)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "fold 0: finished before, kept" in out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run_dir / "fold0").iterdir()} == fold0
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert sorted(oof["id"]) == sorted(pd.read_csv(competition / "train.csv")["id"])
+    assert not list(run_dir.rglob("*.tmp"))
+    assert len(json.loads((run_dir / "run.json").read_text())["launches"]) == 2
+
+
+def test_same_config_and_seed_give_the_same_predictions(make_config, tmp_path):
+    config = make_config(train__max_steps=6, train__eval_every=3)
+    runs = []
+    for name in ("first", "second"):
+        result = subprocess.run(
+            [sys.executable, "src/train.py", "--config", str(config), f"experiment={name}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(tmp_path / "outputs" / name)
+    first, second = (pd.read_csv(r / "oof.csv").sort_values("id").reset_index(drop=True) for r in runs)
+    assert first["fold"].equals(second["fold"])
+    np.testing.assert_allclose(first["target_pred"], second["target_pred"], atol=1e-6, rtol=0)
+    # ... and a different seed gives different ones: the comparison above can fail.
+    subprocess.run(
+        [sys.executable, "src/train.py", "--config", str(config), "experiment=third", "seed=7"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    third = pd.read_csv(tmp_path / "outputs" / "third" / "oof.csv").sort_values("id").reset_index(drop=True)
+    assert not np.allclose(first["target_pred"], third["target_pred"], atol=1e-6)
+
+    launch_record = json.loads((runs[0] / "run.json").read_text())["launches"][0]
+    assert len(launch_record["git_commit"]) == 40 and isinstance(launch_record["git_dirty"], bool)
+    assert launch_record["packages"]["torch"].startswith("2.13.0")
+    assert launch_record["cpu_count"] >= 1 and launch_record["processes"] == 1
+    assert yaml.safe_load((runs[0] / "config.yaml").read_text())["seed"] == 42
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (
+                pd.read_csv(d / "sample_submission.csv").iloc[1:].to_csv(d / "sample_submission.csv", index=False)
+            ),
+            r"the test file and the sample submission hold different ids \(in the sample only: \[\], in the test "
+            r"file only: \['te004'\]\)",
+        ),
+        (
+            lambda d: write_bytes(d / "train.csv", "id,excerpt,target\nx1,caf\xe9 au lait,1.0\n".encode("latin-1")),
+            r"train.csv: cannot be read as CSV: 'utf-8' codec can't decode",
+        ),
+        (
+            lambda d: write_bytes(d / "test.csv", b"id,excerpt\nx1,some text\nx2,a,b,c\n"),
+            r"test.csv: cannot be read as CSV: Error tokenizing data",
+        ),
+        (lambda d: (d / "test.csv").unlink(), r"data file not found: .*test.csv \(run `make data`"),
+    ],
+    ids=["test ids differ from sample", "not UTF-8", "unparsable", "missing file"],
+)
+def test_bad_files_stop_the_run_before_anything_is_written(make_config, competition, tmp_path, capsys, damage, message):
+    damage(competition)
+    assert train.main(["--config", str(make_config())]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "outputs" / "tiny").exists()
+
+
+def test_more_bins_than_the_data_allows_is_refused(make_config, tmp_path, capsys):
+    assert train.main(["--config", str(make_config()), "cv.n_bins=30"]) == 2
+    assert "cv.n_bins=30 x cv.n_folds=2 is more than the 48 rows" in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "tiny").exists()
+
+
+@pytest.fixture
+def finished_run(make_config, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "src/train.py", "--config", str(make_config())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "outputs" / "tiny"
+
+
+def test_merge_refuses_damaged_folds_and_other_versions_writing_nothing(finished_run, capsys):
+    oof_before = (finished_run / "oof.csv").read_bytes()
+    (finished_run / "oof.csv").unlink()
+
+    (finished_run / "fold1" / "test.csv").rename(finished_run / "test.csv.bak")
+    assert merge.main([str(finished_run)]) == 2
+    assert "fold1: missing ['test.csv']; train the fold again (folds=[1])" in capsys.readouterr().err
+    (finished_run / "test.csv.bak").rename(finished_run / "fold1" / "test.csv")
+
+    checkpoint = finished_run / "fold0" / "model.safetensors"
+    good = checkpoint.read_bytes()
+    checkpoint.write_bytes(b"\x00" * 64)
+    assert merge.main([str(finished_run)]) == 2
+    assert "fold0/model.safetensors is corrupt" in capsys.readouterr().err
+    checkpoint.write_bytes(good)
+
+    run_json = finished_run / "run.json"
+    run_json.write_text(json.dumps({"run_format": 0, "launches": []}))
+    assert merge.main([str(finished_run)]) == 2
+    assert "was written by another version of this template (run format 0" in capsys.readouterr().err
+    assert not (finished_run / "oof.csv").exists()  # nothing half-written by any refused merge
+
+    run_json.write_text(json.dumps({"run_format": 1, "launches": []}))
+    assert merge.main([str(finished_run)]) == 0
+    assert (finished_run / "oof.csv").read_bytes() == oof_before
+
+
+def test_training_into_a_folder_of_another_version_is_refused(finished_run, make_config, capsys):
+    (finished_run / "run.json").write_text(json.dumps({"run_format": 0, "launches": []}))
+    assert train.main(["--config", str(make_config())]) == 2
+    assert "was written by another version of this template" in capsys.readouterr().err
