@@ -135,11 +135,14 @@ def write_config(path: Path, data_dir: Path, backbone: Path, **overrides) -> Pat
         "data": {"dir": str(data_dir), "subset": None},
         "model": {"backbone": str(backbone), "max_len": 32},
         "train": {"max_steps": 4, "eval_every": 2, "batch_size": 8, "mixed_precision": "no"},
+        "tracking": {"mode": "disabled"},
     }
     for key, value in overrides.items():
         section, _, leaf = key.partition("__")
         if leaf:
             config.setdefault(section, {})[leaf] = value
+        elif isinstance(value, dict):
+            config[key] = {**config.get(key, {}), **value}
         else:
             config[key] = value
     path.write_text(yaml.safe_dump(config))

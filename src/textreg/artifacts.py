@@ -30,7 +30,8 @@ from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from textreg.config import Config, UserError, save_config, validate
+from textreg import plots
+from textreg.config import Config, UserError, changed_keys, save_config, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.engine import FoldResult
 from textreg.metrics import per_target, score
@@ -67,7 +68,7 @@ def check_run_dir(cfg: Config) -> None:
     _check_run_format(run_dir)
     saved, current = _comparable(yaml.safe_load(saved_path.read_text())), _comparable(cfg.to_dict())
     if saved != current:
-        keys = sorted(_changed_keys(saved, current))
+        keys = sorted(changed_keys(saved, current))
         raise UserError(
             f"{run_dir} holds a run of another config (differs in {', '.join(keys)}); "
             "name a new experiment (experiment=<name>) or pass overwrite=true to replace it"
@@ -127,24 +128,13 @@ def describe_environment(accelerator: Accelerator, folds: list[int]) -> dict:
     }
 
 
-def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    changed = []
-    for key in set(a) | set(b):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            changed += _changed_keys(x, y, f"{prefix}{key}.")
-        elif x != y:
-            changed.append(prefix + key)
-    return changed
-
-
 def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series) -> None:
     targets = cfg.data.target_columns
     fold_dir = run_dir / f"fold{result.fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in result.best_state.items()}, fold_dir / "model.safetensors.tmp")
     (fold_dir / "model.safetensors.tmp").replace(fold_dir / "model.safetensors")
-    oof = valid[[cfg.data.id_column, "fold", *targets]].copy()
+    oof = valid[[cfg.data.id_column, "fold", *targets, "text_length"]].copy()
     oof[[f"{t}_pred" for t in targets]] = result.valid_pred
     write_csv(oof, fold_dir / "oof.csv")
     test = pd.DataFrame(result.test_pred, columns=targets)
@@ -186,12 +176,16 @@ def check_fold_dir(fold_dir: Path) -> None:
         raise UserError(f"{fold_dir}/model.safetensors is corrupt ({err}); train the fold again") from err
 
 
+def load_run_config(run_dir: Path) -> Config:
+    return validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
 def finalize(run_dir: Path) -> dict:
     """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
     _check_run_format(run_dir)
-    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = load_run_config(run_dir)
     id_col, targets = cfg.data.id_column, cfg.data.target_columns
     done = finished_folds(run_dir)
     if not done:
@@ -231,5 +225,6 @@ def finalize(run_dir: Path) -> dict:
         path = cfg.submission_dir / f"{cfg.experiment}.csv"
         write_csv(submission, path)
         metrics["submission"] = str(path)
+    metrics["plots"] = {k: str(v) for k, v in plots.save_all(run_dir, oof, fold_metrics, metrics, targets).items()}
     write_json(metrics, run_dir / "metrics.json")
     return metrics

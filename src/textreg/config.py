@@ -117,6 +117,14 @@ class TrainConfig(_Section):
     length_bucketing: bool = True
 
 
+class TrackingConfig(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        default="auto", description="auto: online when logged in to W&B, else offline"
+    )
+    project: str = "textreg"
+    entity: str | None = None
+
+
 class Config(_Section):
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 42
@@ -129,6 +137,7 @@ class Config(_Section):
     cv: CVConfig = Field(default_factory=CVConfig)
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> Config:
@@ -190,6 +199,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             update = {parent: update}
         result = _deep_merge(result, update)
     return result
+
+
+def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    changed = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            changed += changed_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            changed.append(prefix + key)
+    return changed
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from textreg.config import TrainConfig
-from textreg.metrics import score
+from textreg.metrics import per_target, score
 from textreg.model import RegressionModel
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -81,6 +82,7 @@ def train_fold(
     targets: np.ndarray,
     valid_rows: np.ndarray,
     n_test: int,
+    on_validation: Callable[[dict], None] = lambda event: None,
 ) -> FoldResult:
     """Train one fold, validating every `eval_every` optimizer steps; keep the weights of the best step (lowest
     `metric`)."""
@@ -112,8 +114,17 @@ def train_fold(
     def validate() -> None:
         pred = predict(accelerator, model, valid_dl, n_valid_rows)[valid_rows]
         val_score = score(metric, valid_targets, pred)
-        loss = float(np.mean(running_loss)) if running_loss else float("nan")
-        history.append({"step": step, "val_score": val_score, "train_loss": loss, "lr": scheduler.get_last_lr()[0]})
+        event = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 3),
+            "val_score": val_score,
+            "val_per_target": per_target(metric, valid_targets, pred).tolist(),
+            "train_loss": float(np.mean(running_loss)) if running_loss else float("nan"),
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_second": samples / max(train_seconds, 1e-9),
+        }
+        history.append(event)
+        on_validation(event)
         running_loss.clear()
         if val_score < best["score"]:
             state = accelerator.unwrap_model(model).state_dict()

@@ -24,6 +24,7 @@ from textreg.model import (
     load_tokenizer,
 )
 from textreg.submission import check_test_ids
+from textreg.tracking import Tracker
 
 
 def cpu_supports_bf16() -> bool:
@@ -77,11 +78,14 @@ def run_cv(cfg: Config) -> dict | None:
     accelerator.wait_for_everyone()
 
     sep = tokenizer.sep_token or tokenizer.eos_token or " "
-    train_ids = tokenize(tokenizer, model_inputs(train_df, cfg.data, sep), cfg.model.max_len)
+    train_inputs = model_inputs(train_df, cfg.data, sep)
+    train_df["text_length"] = [len(text) for text in train_inputs]
+    train_ids = tokenize(tokenizer, train_inputs, cfg.model.max_len)
     test_ids = tokenize(tokenizer, model_inputs(test_df, cfg.data, sep), cfg.model.max_len)
     targets = train_df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     collate = Collator(tokenizer.pad_token_id)
     finished = artifacts.finished_folds(run_dir)
+    tracker = Tracker(cfg, accelerator.is_main_process)
     for fold in folds:
         if fold in finished:
             accelerator.print(f"fold {fold}: finished before, kept (overwrite=true trains every fold again)")
@@ -98,19 +102,53 @@ def run_cv(cfg: Config) -> dict | None:
             "test": eval_loader(test_ids, np.arange(len(test_ids)), cfg.train.eval_batch_size, collate),
         }
         model = _fold_model(cfg, backbone_path, backbone_config, targets[train_rows], collate([train_set[0]]))
-        result = train_fold(
-            accelerator, cfg.train, cfg.metric, fold, model, loaders, targets, valid_rows, len(test_ids)
-        )
-        if accelerator.is_main_process:
-            artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
+        with tracker.fold_run(fold):
+            result = train_fold(
+                accelerator,
+                cfg.train,
+                cfg.metric,
+                fold,
+                model,
+                loaders,
+                targets,
+                valid_rows,
+                len(test_ids),
+                on_validation=lambda event: tracker.log(wandb_values(event, cfg), event["step"]),
+            )
+            tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
+            if accelerator.is_main_process:
+                artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
         accelerator.print(f"fold {fold}: best val {cfg.metric} {result.best_score:.4f} at step {result.best_step}")
         accelerator.wait_for_everyone()
 
     if not accelerator.is_main_process:
         return None
+    return finish_experiment(run_dir, tracker)
+
+
+def finish_experiment(run_dir: Path, tracker: Tracker | None = None) -> dict:
+    """Merge the finished folds; once all are there, log the experiment's "cv" run. Prints the summary."""
     metrics = artifacts.finalize(run_dir)
-    accelerator.print(summary_line(metrics))
+    tracker = tracker or Tracker(artifacts.load_run_config(run_dir), is_main_process=True)
+    if not metrics["folds_missing"]:
+        files = {name: run_dir / name for name in ("oof.csv", "folds.csv", "test_predictions.csv")}
+        tracker.log_cv(metrics, {**files, "submission.csv": Path(metrics["submission"])}, metrics["plots"])
+    print(summary_line(metrics))
     return metrics
+
+
+def wandb_values(event: dict, cfg: Config) -> dict:
+    values = {
+        "train/loss": event["train_loss"],
+        f"val/{cfg.metric}": event["val_score"],
+        "train/lr": event["lr"],
+        "train/samples_per_second": event["samples_per_second"],
+        "train/epoch": event["epoch"],
+    }
+    if len(cfg.data.target_columns) > 1:
+        for target, value in zip(cfg.data.target_columns, event["val_per_target"], strict=True):
+            values[f"val/{cfg.metric}_{target}"] = value
+    return values
 
 
 def _fold_model(

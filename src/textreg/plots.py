@@ -1,0 +1,63 @@
+"""Plots of a finished run, saved as PNG in `<run>/plots/`: where a person would rather look than read numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def oof_scatter(oof: pd.DataFrame, targets: list[str], metric: str, scores: dict, path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4.5), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        truth, pred = oof[target], oof[f"{target}_pred"]
+        ax.scatter(truth, pred, s=6, alpha=0.4)
+        low, high = min(truth.min(), pred.min()), max(truth.max(), pred.max())
+        ax.plot([low, high], [low, high], color="grey", linewidth=1)
+        ax.set(xlabel=f"{target} (truth)", ylabel="OOF prediction", title=f"{target}: {metric} {scores[target]:.4f}")
+    return _save(fig, path)
+
+
+def validation_curves(histories: dict[int, list[dict]], metric: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for fold, history in sorted(histories.items()):
+        ax.plot([h["step"] for h in history], [h["val_score"] for h in history], marker=".", label=f"fold {fold}")
+    ax.set(xlabel="optimizer step", ylabel=f"validation {metric}", title="validation curves")
+    ax.legend()
+    return _save(fig, path)
+
+
+def residual_by_length(oof: pd.DataFrame, targets: list[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    residual = np.mean([oof[f"{t}_pred"] - oof[t] for t in targets], axis=0)
+    ax.scatter(oof["text_length"], residual, s=6, alpha=0.4)
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set(xlabel="model input length (characters)", ylabel="prediction - truth", title="residual by length")
+    return _save(fig, path)
+
+
+def save_all(run_dir: Path, oof: pd.DataFrame, fold_metrics: dict, metrics: dict, targets: list[str]) -> dict:
+    folder = run_dir / "plots"
+    folder.mkdir(exist_ok=True)
+    metric = metrics["metric"]
+    return {
+        "oof_vs_target": oof_scatter(oof, targets, metric, metrics["cv_per_target"], folder / "oof_vs_target.png"),
+        "validation_curves": validation_curves(
+            {k: m["history"] for k, m in fold_metrics.items()}, metric, folder / "validation_curves.png"
+        ),
+        "residual_by_length": residual_by_length(oof, targets, folder / "residual_by_length.png"),
+    }

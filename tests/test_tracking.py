@@ -1,0 +1,98 @@
+"""W&B tracking, read back from what W&B wrote offline; plots; the report command."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from wandb_offline import read_runs
+
+import report
+from textreg.config import load_config
+from textreg.tracking import Tracker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train(config: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "src/train.py", "--config", str(config), *overrides]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_every_fold_is_a_run_of_the_experiment_group_plus_a_cv_run(make_config, tmp_path):
+    config = make_config(tracking={"mode": "offline", "project": "tests"})
+    train(config)
+    runs = read_runs(tmp_path / "outputs" / "wandb")
+    metrics = json.loads((tmp_path / "outputs" / "tiny" / "metrics.json").read_text())
+    assert sorted(r["name"] for r in runs) == ["tiny-cv", "tiny-fold0", "tiny-fold1"]
+    assert {r["group"] for r in runs} == {"tiny"}
+    for run in runs:
+        assert run["exit_code"] == 0
+        assert run["config"]["train"]["max_steps"] == 4
+    for fold in (0, 1):
+        run = next(r for r in runs if r["name"] == f"tiny-fold{fold}")
+        assert run["job_type"] == "fold" and run["config"]["fold"] == fold
+        logged = [h for h in run["history"] if "val/rmse" in h]
+        # 24 training rows, batch 8, 1 epoch: 3 steps, validated at step 2 (eval_every) and at the end
+        assert [h["_step"] for h in logged] == [2, 3]
+        assert {"train/loss", "train/lr", "train/samples_per_second", "train/epoch"} <= set(logged[0])
+        assert run["summary"]["best_val_rmse"] == pytest.approx(metrics["folds"][str(fold)]["score"])
+        assert run["summary"]["best_val_rmse"] == pytest.approx(min(h["val/rmse"] for h in logged))
+    cv = next(r for r in runs if r["name"] == "tiny-cv")
+    assert cv["job_type"] == "cv"
+    assert cv["summary"]["cv/rmse"] == pytest.approx(metrics["cv_score"])
+
+
+@pytest.mark.parametrize("how", ["config", "environment"])
+def test_disabled_tracking_writes_nothing(make_config, tmp_path, how):
+    if how == "config":
+        config, env = make_config(tracking={"mode": "disabled"}), None
+    else:
+        config, env = make_config(tracking={"mode": "offline"}), dict(os.environ, WANDB_MODE="disabled")
+    train(config, env=env)
+    assert not (tmp_path / "outputs" / "wandb").exists()
+    assert not list(tmp_path.rglob("*.wandb"))
+
+
+def test_a_failing_fold_still_finishes_its_run(make_config, tmp_path):
+    cfg = load_config(make_config(tracking={"mode": "offline"}))
+    tracker = Tracker(cfg, is_main_process=True)
+    with pytest.raises(RuntimeError, match="boom"), tracker.fold_run(0):
+        tracker.log({"val/rmse": 1.0}, step=1)
+        raise RuntimeError("boom")
+    (run,) = read_runs(tmp_path / "outputs" / "wandb")
+    assert run["name"] == "tiny-fold0" and run["exit_code"] == 1
+
+
+def test_only_the_main_process_tracks(make_config):
+    cfg = load_config(make_config(tracking={"mode": "offline"}))
+    assert Tracker(cfg, is_main_process=True).enabled
+    assert not Tracker(cfg, is_main_process=False).enabled
+
+
+def test_plots_exist_and_are_not_blank(make_config, tmp_path):
+    train(make_config())
+    plots = json.loads((tmp_path / "outputs" / "tiny" / "metrics.json").read_text())["plots"]
+    assert set(plots) == {"oof_vs_target", "validation_curves", "residual_by_length"}
+    for path in plots.values():
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.std() > 0.01
+
+
+def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys):
+    config = make_config()
+    train(config)
+    train(config, "experiment=tiny-lr", "train.lr=0.001")
+    assert report.main(["--outputs", str(tmp_path / "outputs"), "--default", str(config)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(lines) == {"tiny", "tiny-lr"}
+    assert "train.lr=0.001" in lines["tiny-lr"] and "train.lr" not in lines["tiny"]
+    for name in ("tiny", "tiny-lr"):
+        score = json.loads((tmp_path / "outputs" / name / "metrics.json").read_text())["cv_score"]
+        assert f"{score:.4f}" in lines[name]
