@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -37,7 +36,7 @@ from textreg.engine import FoldResult
 from textreg.metrics import per_target, score
 from textreg.submission import make_submission
 
-IGNORED_KEYS = ("folds", "overwrite")  # may differ between runs that share one folder
+IGNORED_KEYS = ("folds", "overwrite", "tracking")  # may differ between runs that share one folder
 RUN_FORMAT = 1  # the layout of a run folder; bump it when that changes, so old folders are refused clearly
 FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
 
@@ -55,6 +54,12 @@ def write_json(obj: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    return json.loads(path.read_text())
+
+
 def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in IGNORED_KEYS}
 
@@ -65,7 +70,7 @@ def check_run_dir(cfg: Config) -> None:
     run_dir, saved_path = cfg.run_dir, cfg.run_dir / "config.yaml"
     if cfg.overwrite or not saved_path.is_file():
         return
-    _check_run_format(run_dir)
+    check_run_format(run_dir)
     saved, current = _comparable(yaml.safe_load(saved_path.read_text())), _comparable(cfg.to_dict())
     if saved != current:
         keys = sorted(changed_keys(saved, current))
@@ -75,7 +80,7 @@ def check_run_dir(cfg: Config) -> None:
         )
 
 
-def _check_run_format(run_dir: Path) -> None:
+def check_run_format(run_dir: Path) -> None:
     path = run_dir / "run.json"
     found = json.loads(path.read_text()).get("run_format") if path.is_file() else None
     if found != RUN_FORMAT:
@@ -98,7 +103,7 @@ def prepare_run_dir(cfg: Config, environment: dict) -> None:
     write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
 
 
-def describe_environment(accelerator: Accelerator, folds: list[int]) -> dict:
+def describe_environment(folds: list[int], processes: int = 1, mixed_precision: str = "no") -> dict:
     """What a number depends on besides the config: code version, packages, hardware."""
     repo = Path(__file__).resolve().parents[2]
 
@@ -123,8 +128,8 @@ def describe_environment(accelerator: Accelerator, folds: list[int]) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
+        "processes": processes,
+        "mixed_precision": mixed_precision,
     }
 
 
@@ -184,7 +189,7 @@ def finalize(run_dir: Path) -> dict:
     """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
-    _check_run_format(run_dir)
+    check_run_format(run_dir)
     cfg = load_run_config(run_dir)
     id_col, targets = cfg.data.id_column, cfg.data.target_columns
     done = finished_folds(run_dir)

@@ -94,6 +94,10 @@ class DropoutConfig(_Section):
 
 
 class ModelConfig(_Section):
+    kind: Literal["transformer", "tfidf_ridge"] = Field(
+        default="transformer", description="a fine-tuned backbone, or a classical member for ensembles"
+    )
+    ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge: the ridge penalty")
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
     pooling: Literal["cls", "mean", "attention"] = "mean"
     max_len: int = Field(default=256, ge=8)

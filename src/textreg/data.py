@@ -50,9 +50,8 @@ def _join(df: pd.DataFrame, data: DataConfig, split: str) -> pd.DataFrame:
     return df
 
 
-def _load(cfg: Config, split: str, file: str, required: list[str]) -> pd.DataFrame:
+def _load(cfg: Config, split: str, path: Path, required: list[str]) -> pd.DataFrame:
     data = cfg.data
-    path = data.dir / file
     df = read_csv(path)
     _require_columns(df, [data.id_column, *(j.key for j in data.joins), *required], path)
     dup = df[data.id_column][df[data.id_column].duplicated()]
@@ -71,7 +70,7 @@ def load_train(cfg: Config) -> pd.DataFrame:
     data, cv = cfg.data, cfg.cv
     path = data.dir / data.train_file
     extra = [c for c in (cv.group_column, cv.stratify_column) if c]
-    df = _load(cfg, "train", data.train_file, [*data.target_columns, *extra])
+    df = _load(cfg, "train", path, [*data.target_columns, *extra])
     for col in data.target_columns:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
@@ -84,8 +83,9 @@ def load_train(cfg: Config) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def load_test(cfg: Config) -> pd.DataFrame:
-    return _load(cfg, "test", cfg.data.test_file, []).reset_index(drop=True)
+def load_test(cfg: Config, path: Path | None = None) -> pd.DataFrame:
+    """The competition's test file, or any file with the same columns (`path`)."""
+    return _load(cfg, "test", path or cfg.data.dir / cfg.data.test_file, []).reset_index(drop=True)
 
 
 def model_inputs(df: pd.DataFrame, data: DataConfig, sep: str) -> list[str]:

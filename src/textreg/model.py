@@ -142,8 +142,9 @@ class RegressionModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
 
-def build_model(model_cfg: ModelConfig, n_targets: int, path: str, config: PretrainedConfig) -> RegressionModel:
-    backbone = AutoModel.from_pretrained(path, config=config)
+def build_model(model_cfg: ModelConfig, n_targets: int, path: str | None, config: PretrainedConfig) -> RegressionModel:
+    """The regression model on pretrained weights from `path`, or on random ones (to load a checkpoint into)."""
+    backbone = AutoModel.from_pretrained(path, config=config) if path else AutoModel.from_config(config)
     if getattr(backbone, "pooler", None) is not None:
         # Unused by our pooling heads; under DDP an unused parameter would stop the backward pass.
         backbone.pooler = None

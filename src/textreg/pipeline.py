@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ from transformers import PretrainedConfig
 
 from textreg import artifacts
 from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader
+from textreg.classical import run_classical
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
-from textreg.engine import train_fold
+from textreg.engine import choose_mixed_precision, train_fold
 from textreg.model import (
     RegressionModel,
     build_model,
@@ -27,31 +27,18 @@ from textreg.submission import check_test_ids
 from textreg.tracking import Tracker
 
 
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_mixed_precision(setting: str) -> str:
-    """`auto`: what `accelerate launch --mixed_precision` asked for, else the fastest the hardware does well."""
-    if setting != "auto":
-        return setting
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launched != "no":
-        return launched
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "no"
-
-
 def run_cv(cfg: Config) -> dict | None:
     """Train the configured folds; return the merged metrics on the main process (None elsewhere)."""
     # Everything that can fail on user input is checked before the run folder is touched.
     train_df, test_df = load_train(cfg), load_test(cfg)
     check_test_ids(test_df, load_sample_submission(cfg), cfg.data.id_column)
+    folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
+    if cfg.model.kind != "transformer":
+        artifacts.check_run_dir(cfg)
+        train_df = assign_folds(train_df, cfg)
+        _open_run_dir(cfg, train_df, artifacts.describe_environment(folds))
+        run_classical(cfg, train_df, test_df, folds)
+        return finish_experiment(cfg.run_dir)
     backbone_path, backbone_config = load_backbone_config(cfg.model)
     tokenizer = load_tokenizer(backbone_path)
     artifacts.check_run_dir(cfg)
@@ -63,7 +50,6 @@ def run_cv(cfg: Config) -> dict | None:
         gradient_accumulation_steps=cfg.train.grad_accum,
     )
     train_df = assign_folds(train_df, cfg, accelerator.is_main_process)
-    folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
     accelerator.print(
         f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {backbone_path}, "
         f"{accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -71,8 +57,8 @@ def run_cv(cfg: Config) -> dict | None:
     )
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
-        artifacts.prepare_run_dir(cfg, artifacts.describe_environment(accelerator, folds))
-        artifacts.write_csv(train_df[[cfg.data.id_column, "fold"]], run_dir / "folds.csv")
+        environment = artifacts.describe_environment(folds, accelerator.num_processes, accelerator.mixed_precision)
+        _open_run_dir(cfg, train_df, environment)
         tokenizer.save_pretrained(run_dir / "backbone")
         backbone_config.save_pretrained(run_dir / "backbone")
     accelerator.wait_for_everyone()
@@ -149,6 +135,11 @@ def wandb_values(event: dict, cfg: Config) -> dict:
         for target, value in zip(cfg.data.target_columns, event["val_per_target"], strict=True):
             values[f"val/{cfg.metric}_{target}"] = value
     return values
+
+
+def _open_run_dir(cfg: Config, train_df, environment: dict) -> None:
+    artifacts.prepare_run_dir(cfg, environment)
+    artifacts.write_csv(train_df[[cfg.data.id_column, "fold"]], cfg.run_dir / "folds.csv")
 
 
 def _fold_model(

@@ -10,7 +10,7 @@ import yaml
 
 from textreg.config import Config, changed_keys
 
-IGNORED = {"experiment", "folds", "overwrite"}
+IGNORED = {"experiment", "folds", "overwrite", "tracking"}
 
 
 def experiments_table(output_dir: Path, default: Config) -> pd.DataFrame:

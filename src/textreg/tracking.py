@@ -102,8 +102,14 @@ class Tracker:
             run.log({**summary, "folds": wandb.Table(columns=columns, data=rows)})
             run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()})
             run.summary.update(summary)
-            artifact = wandb.Artifact(f"{self.cfg.experiment}-predictions", type="predictions")
-            for name, path in files.items():
-                if path.is_file():
-                    artifact.add_file(str(path), name=name)
-            run.log_artifact(artifact)
+            self.log_files("predictions", files)
+
+    def log_files(self, kind: str, files: dict[str, Path]) -> None:
+        """Files of the open run as one W&B artifact named after the experiment."""
+        import wandb
+
+        artifact = wandb.Artifact(f"{self.cfg.experiment}-{kind}", type=kind)
+        for name, path in files.items():
+            if path.is_file():
+                artifact.add_file(str(path), name=name)
+        self.run.log_artifact(artifact)

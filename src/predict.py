@@ -1,0 +1,36 @@
+"""Predict any file with an experiment's fold checkpoints, offline, from the experiment folder alone.
+
+    python src/predict.py outputs/minilm-default --input input/commonlitreadabilityprize/test.csv
+
+Writes id, <target>_fold<k> for each fold and <target> (their mean) to --output (default:
+outputs/<experiment>/predictions/<input name>.csv).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from textreg.artifacts import write_csv
+from textreg.config import run_reporting_user_errors
+from textreg.inference import predict_file
+
+
+def run(run_dir: Path, input_path: Path, output: Path | None) -> None:
+    result = predict_file(run_dir, input_path)
+    output = output or run_dir / "predictions" / input_path.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(result, output)
+    print(f"{len(result)} predictions written to {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="outputs/<experiment>")
+    parser.add_argument("--input", type=Path, required=True, help="a CSV with the experiment's id and text columns")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    return run_reporting_user_errors(lambda: run(args.run_dir, args.input, args.output))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

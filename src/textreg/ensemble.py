@@ -1,0 +1,233 @@
+"""Ensembles: blend weights fitted on OOF predictions, scored by nested CV, applied to any test file.
+
+Every method is a linear blend per target (`prediction = members @ weights + intercept`), so saved weights are
+a small JSON file. Nested CV: for each fold, weights are fitted on the other folds' OOF rows and scored on the
+held-out fold, so that a method is not rewarded for fitting the OOF noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from sklearn.linear_model import Ridge
+
+from textreg import artifacts
+from textreg.config import Config, UserError
+from textreg.data import load_sample_submission, read_csv
+from textreg.inference import predict_file
+from textreg.metrics import score
+from textreg.submission import check_submission, make_submission
+from textreg.tracking import Tracker
+
+Blend = tuple[np.ndarray, float]  # weights per member, intercept
+
+
+def blend_mean(x: np.ndarray, y: np.ndarray) -> Blend:
+    return np.full(x.shape[1], 1 / x.shape[1]), 0.0
+
+
+def blend_nonnegative(x: np.ndarray, y: np.ndarray) -> Blend:
+    """Non-negative weights summing to one, least squares."""
+    m = x.shape[1]
+    result = minimize(
+        lambda w: np.mean((x @ w - y) ** 2),
+        np.full(m, 1 / m),
+        jac=lambda w: 2 * x.T @ (x @ w - y) / len(y),
+        bounds=[(0, 1)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+        method="SLSQP",
+    )
+    weights = np.clip(result.x, 0, None)
+    return weights / weights.sum(), 0.0
+
+
+def blend_ridge(x: np.ndarray, y: np.ndarray) -> Blend:
+    model = Ridge(alpha=1.0).fit(x, y)
+    return model.coef_, float(model.intercept_)
+
+
+def blend_hill_climbing(x: np.ndarray, y: np.ndarray, rounds: int = 100) -> Blend:
+    """Greedy selection with replacement (Caruana et al.): each round adds the member that lowers the error
+    most (or raises it least); the weights are the member counts of the best round."""
+    counts, current = np.zeros(x.shape[1]), np.zeros(len(y))
+    best_error, best_counts = np.inf, counts
+    for size in range(1, rounds + 1):
+        errors = [np.mean(((current * (size - 1) + x[:, j]) / size - y) ** 2) for j in range(x.shape[1])]
+        pick = int(np.argmin(errors))
+        counts = counts.copy()
+        counts[pick] += 1
+        current = (current * (size - 1) + x[:, pick]) / size
+        if errors[pick] < best_error:
+            best_error, best_counts = errors[pick], counts
+    return best_counts / best_counts.sum(), 0.0
+
+
+METHODS: dict[str, Callable[[np.ndarray, np.ndarray], Blend]] = {
+    "mean": blend_mean,
+    "nonnegative": blend_nonnegative,
+    "ridge": blend_ridge,
+    "hill_climbing": blend_hill_climbing,
+}
+
+
+@dataclass
+class Member:
+    name: str
+    run_dir: Path
+    cfg: Config
+    oof: pd.DataFrame  # indexed by id: fold, targets, <target>_pred
+    test: pd.DataFrame  # indexed by id: <target>
+
+
+def load_members(run_dirs: list[Path]) -> list[Member]:
+    """Finished experiments trained on the same folds, with the same ids and targets."""
+    if len(run_dirs) < 2:
+        raise UserError("an ensemble needs at least two experiment folders")
+    members = []
+    for run_dir in run_dirs:
+        metrics_path = run_dir / "metrics.json"
+        if not metrics_path.is_file() or not (run_dir / "oof.csv").is_file():
+            raise UserError(f"{run_dir} is not a finished experiment (no metrics.json / oof.csv)")
+        artifacts.check_run_format(run_dir)
+        cfg = artifacts.load_run_config(run_dir)
+        if artifacts.finished_folds(run_dir) != list(range(cfg.cv.n_folds)):
+            raise UserError(f"{run_dir}: not every fold is finished")
+        id_col = cfg.data.id_column
+        oof = read_csv(run_dir / "oof.csv").set_index(id_col).sort_index()
+        test = read_csv(run_dir / "test_predictions.csv").set_index(id_col)
+        members.append(Member(run_dir.name, run_dir, cfg, oof, test))
+    first = members[0]
+    for other in members[1:]:
+        if other.cfg.data.target_columns != first.cfg.data.target_columns or other.cfg.metric != first.cfg.metric:
+            raise UserError(f"{other.name} and {first.name} predict other targets or use another metric")
+        if not other.oof.index.equals(first.oof.index):
+            raise UserError(f"{other.name} and {first.name} have OOF predictions for different ids")
+        differ = int((other.oof["fold"] != first.oof["fold"]).sum())
+        if differ:
+            raise UserError(
+                f"{other.name} and {first.name} were trained on different folds ({differ} rows in another fold): "
+                "their OOF predictions cannot be blended honestly; train them with the same cv settings"
+            )
+    return members
+
+
+def _matrix(members: list[Member], frame: str, column: str) -> np.ndarray:
+    return np.column_stack([getattr(m, frame)[column].to_numpy() for m in members])
+
+
+def nested_oof(method: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    pred = np.zeros(len(y))
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        weights, intercept = METHODS[method](x[~held_out], y[~held_out])
+        pred[held_out] = x[held_out] @ weights + intercept
+    return pred
+
+
+def fit(members: list[Member]) -> dict:
+    """Nested-CV score of every method, the best one refitted on all OOF rows, and each member's own score."""
+    cfg, oof = members[0].cfg, members[0].oof
+    targets, folds = cfg.data.target_columns, oof["fold"].to_numpy()
+    truth = oof[targets].to_numpy()
+    nested = {}
+    for method in METHODS:
+        pred = np.column_stack(
+            [nested_oof(method, _matrix(members, "oof", f"{t}_pred"), oof[t].to_numpy(), folds) for t in targets]
+        )
+        nested[method] = score(cfg.metric, truth, pred)
+    best = min(nested, key=nested.get)
+    blends = {}
+    for t in targets:
+        weights, intercept = METHODS[best](_matrix(members, "oof", f"{t}_pred"), oof[t].to_numpy())
+        blends[t] = {
+            "weights": dict(zip([m.name for m in members], weights.tolist(), strict=True)),
+            "intercept": intercept,
+        }
+    member_scores = {
+        m.name: score(cfg.metric, truth, m.oof[[f"{t}_pred" for t in targets]].to_numpy()) for m in members
+    }
+    return {"metric": cfg.metric, "method": best, "nested_cv": nested, "members": member_scores, "blends": blends}
+
+
+def apply(blends: dict, member_predictions: dict[str, pd.DataFrame], targets: list[str]) -> np.ndarray:
+    """Blend each member's predictions (frames with one column per target, rows in the same order)."""
+    columns = []
+    for t in targets:
+        weights = blends[t]["weights"]
+        columns.append(
+            sum(w * member_predictions[name][t].to_numpy() for name, w in weights.items()) + blends[t]["intercept"]
+        )
+    return np.column_stack(columns)
+
+
+def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Path) -> dict:
+    """Fit, write weights.json and the ensemble's OOF, and make the submission from the members' test files."""
+    members = load_members(run_dirs)
+    report = fit(members)
+    cfg, targets = members[0].cfg, members[0].cfg.data.target_columns
+    id_col = cfg.data.id_column
+    folder = output_dir / "ensembles" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"name": name, "member_dirs": {m.name: str(m.run_dir) for m in members}, **report}
+    oof = members[0].oof[["fold", *targets]].copy()
+    oof[[f"{t}_pred" for t in targets]] = apply(
+        report["blends"], {m.name: _pred_frame(m.oof, targets) for m in members}, targets
+    )
+    artifacts.write_csv(oof.reset_index(), folder / "oof.csv")
+    ids = members[0].test.index
+    blended = apply(report["blends"], {m.name: m.test.loc[ids] for m in members}, targets)
+    submission = make_submission(load_sample_submission(cfg), pd.Series(ids), blended, id_col, targets)
+    submission_dir.mkdir(parents=True, exist_ok=True)
+    for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
+        artifacts.write_csv(submission, path)
+    artifacts.write_json(report, folder / "weights.json")
+    _track(cfg, report, folder)
+    return report
+
+
+def _pred_frame(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({t: oof[f"{t}_pred"] for t in targets}, index=oof.index)
+
+
+def _track(cfg: Config, report: dict, folder: Path) -> None:
+    """The ensemble as a W&B run of its own group (job_type "ensemble"), when tracking is on."""
+    tracker = Tracker(cfg.model_copy(update={"experiment": report["name"]}), is_main_process=True)
+    if not tracker.enabled:
+        return
+    with tracker.open_run("ensemble", report["name"], {"members": report["member_dirs"], "method": report["method"]}):
+        tracker.summarize({f"nested_cv/{m}": v for m, v in report["nested_cv"].items()})
+        tracker.summarize({f"member/{m}": v for m, v in report["members"].items()})
+        tracker.log_files("ensemble", {"weights.json": folder / "weights.json", "oof.csv": folder / "oof.csv"})
+
+
+def predict_with_weights(weights_path: Path, input_path: Path) -> pd.DataFrame:
+    """What a Kaggle notebook does with the hidden test set: every member predicts the file, then the saved
+    weights blend them. Columns: id, then the targets."""
+    report = artifacts.read_json(weights_path)
+    per_member = {name: predict_file(Path(run_dir), input_path) for name, run_dir in report["member_dirs"].items()}
+    first = next(iter(per_member.values()))
+    cfg = artifacts.load_run_config(Path(next(iter(report["member_dirs"].values()))))
+    targets = cfg.data.target_columns
+    result = first[[cfg.data.id_column]].copy()
+    result[targets] = apply(report["blends"], per_member, targets)
+    if not np.isfinite(result[targets].to_numpy()).all():
+        raise UserError("the blended predictions hold a NaN or infinite value")
+    return result
+
+
+def check_against_sample(result: pd.DataFrame, sample_path: Path, id_column: str) -> pd.DataFrame:
+    sample = read_csv(sample_path)
+    submission = make_submission(
+        sample,
+        result[id_column],
+        result.drop(columns=id_column).to_numpy(),
+        id_column,
+        list(result.columns.drop(id_column)),
+    )
+    check_submission(submission, sample, id_column)
+    return submission

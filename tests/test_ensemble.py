@@ -1,0 +1,119 @@
+"""Ensembles: methods recover known weights, nested CV ranks them, members are checked, saved weights reproduce."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ensemble as ensemble_cli
+import predict as predict_cli
+from textreg.config import UserError
+from textreg.ensemble import METHODS, nested_oof
+from textreg.submission import make_submission
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def members():
+    """Three members of known quality: noise sd 0.1, 0.3, and one that is only noise around the mean."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=3000)
+    x = np.column_stack([y + rng.normal(0, 0.1, 3000), y + rng.normal(0, 0.3, 3000), rng.normal(0, 1, 3000)])
+    return x, y, np.arange(3000) % 5
+
+
+def test_weighting_methods_find_the_inverse_variance_weights(members):
+    x, y, _ = members
+    best = np.array([1 / 0.1**2, 1 / 0.3**2, 0]) / (1 / 0.1**2 + 1 / 0.3**2)  # [0.9, 0.1, 0]
+    for method in ("nonnegative", "hill_climbing", "ridge"):
+        weights, intercept = METHODS[method](x, y)
+        np.testing.assert_allclose(weights, best, atol=0.04, err_msg=method)
+        assert abs(intercept) < 0.02
+    weights, _ = METHODS["nonnegative"](x, y)
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
+
+
+def test_nested_cv_ranks_the_methods(members):
+    x, y, folds = members
+    rmse = {m: np.sqrt(np.mean((nested_oof(m, x, y, folds) - y) ** 2)) for m in METHODS}
+    assert rmse["nonnegative"] < rmse["mean"] and rmse["hill_climbing"] < rmse["mean"]
+    assert rmse["nonnegative"] == pytest.approx(np.sqrt(1 / (1 / 0.1**2 + 1 / 0.3**2)), rel=0.05)
+    # Scored on held-out folds: never better than the weights fitted on all rows.
+    w, b = METHODS["nonnegative"](x, y)
+    assert rmse["nonnegative"] >= np.sqrt(np.mean((x @ w + b - y) ** 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.iloc[1:], "predicted ids do not match"),
+        (lambda s: pd.concat([s, s.iloc[:1].assign(id="extra")]), "predicted ids do not match"),
+        (lambda s: s.assign(target=[np.nan] + [0.0] * (len(s) - 1)), "NaN or infinite"),
+    ],
+    ids=["missing id", "extra id", "NaN"],
+)
+def test_a_wrong_submission_is_refused(change, message):
+    sample = pd.DataFrame({"id": ["a", "b", "c"], "target": 0.0})
+    predictions = change(sample.assign(target=[1.0, 2.0, 3.0]))
+    with pytest.raises(UserError, match=message):
+        make_submission(sample, predictions["id"], predictions[["target"]].to_numpy(), "id", ["target"])
+
+
+def test_a_reordered_submission_is_put_in_the_sample_order():
+    sample = pd.DataFrame({"id": ["a", "b", "c"], "target": 0.0})
+    sub = make_submission(sample, pd.Series(["c", "a", "b"]), np.array([3.0, 1.0, 2.0]), "id", ["target"])
+    assert sub["id"].tolist() == ["a", "b", "c"] and sub["target"].tolist() == [1.0, 2.0, 3.0]
+
+
+def train(config: Path, *overrides: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "src/train.py", "--config", str(config), *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_experiments_to_a_submission_and_back_from_saved_weights(make_config, competition, tmp_path, capsys):
+    config = make_config()
+    train(config)
+    train(config, "experiment=tfidf", "model.kind=tfidf_ridge")
+    outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
+    args = ["--outputs", str(outputs), "--submissions", str(submissions)]
+    assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "tfidf"), "--name", "blend", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "<- kept" in printed and all(m in printed for m in ("mean", "nonnegative", "ridge", "hill_climbing"))
+    fitted = pd.read_csv(submissions / "blend.csv")
+    assert fitted.equals(pd.read_csv(submissions / "submission.csv"))
+    sample = pd.read_csv(competition / "sample_submission.csv")
+    assert fitted["id"].equals(sample["id"]) and np.isfinite(fitted["target"]).all()
+
+    # What the Kaggle notebook does: every member predicts the file again from its checkpoints, then the weights.
+    again = tmp_path / "again.csv"
+    weights = outputs / "ensembles" / "blend" / "weights.json"
+    apply_args = ["--weights", str(weights), "--input", str(competition / "test.csv"), "--output", str(again)]
+    assert ensemble_cli.main([*apply_args, "--sample", str(competition / "sample_submission.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(again)["target"], fitted["target"], atol=1e-6)
+
+    # A member's own predictions from its folder alone equal those made at training time.
+    assert predict_cli.main([str(outputs / "tiny"), "--input", str(competition / "test.csv")]) == 0
+    predicted = pd.read_csv(outputs / "tiny" / "predictions" / "test.csv").set_index("id")
+    at_fit = pd.read_csv(outputs / "tiny" / "test_predictions.csv").set_index("id").loc[predicted.index]
+    np.testing.assert_allclose(predicted.to_numpy(), at_fit.to_numpy(), atol=1e-5)
+
+
+def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsys):
+    config = make_config()
+    train(config, "model.kind=tfidf_ridge")
+    train(config, "experiment=other-folds", "model.kind=tfidf_ridge", "cv.seed=1")
+    outputs = tmp_path / "outputs"
+    code = ensemble_cli.main([str(outputs / "tiny"), str(outputs / "other-folds"), "--outputs", str(outputs)])
+    assert code == 2
+    assert "other-folds and tiny were trained on different folds" in capsys.readouterr().err
+    assert not (outputs / "ensembles").exists()
