@@ -97,6 +97,7 @@ def make_competition(folder: Path, n_train: int = 48, n_test: int = 5, seed: int
             "excerpt": train_texts,
             "target": [len(t) / 50 - 2 + rng.normal(0, 0.1) for t in train_texts],
             "author": [f"author{i % 8}" for i in range(n_train)],
+            "standard_error": rng.uniform(0.4, 0.6, size=n_train),
         }
     )
     test = pd.DataFrame({"id": [f"te{i:03d}" for i in range(n_test)], "excerpt": texts(n_test)})

@@ -205,13 +205,17 @@ def _track(cfg: Config, report: dict, folder: Path) -> None:
         tracker.log_files("ensemble", {"weights.json": folder / "weights.json", "oof.csv": folder / "oof.csv"})
 
 
-def predict_with_weights(weights_path: Path, input_path: Path) -> pd.DataFrame:
+def predict_with_weights(weights_path: Path, input_path: Path, members_root: Path | None = None) -> pd.DataFrame:
     """What a Kaggle notebook does with the hidden test set: every member predicts the file, then the saved
-    weights blend them. Columns: id, then the targets."""
+    weights blend them. `members_root`: the folder that holds the member folders, when they have moved (a
+    Kaggle dataset). Columns: id, then the targets."""
     report = artifacts.read_json(weights_path)
-    per_member = {name: predict_file(Path(run_dir), input_path) for name, run_dir in report["member_dirs"].items()}
+    dirs = {
+        name: members_root / name if members_root else Path(run_dir) for name, run_dir in report["member_dirs"].items()
+    }
+    per_member = {name: predict_file(run_dir, input_path) for name, run_dir in dirs.items()}
     first = next(iter(per_member.values()))
-    cfg = artifacts.load_run_config(Path(next(iter(report["member_dirs"].values()))))
+    cfg = artifacts.load_run_config(next(iter(dirs.values())))
     targets = cfg.data.target_columns
     result = first[[cfg.data.id_column]].copy()
     result[targets] = apply(report["blends"], per_member, targets)

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # figures without pyplot: no backend, no display, no global state
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _subplots(ncols: int = 1, width: float = 6) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * ncols, 4.5))
+    return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
     return path
 
 
 def oof_scatter(oof: pd.DataFrame, targets: list[str], metric: str, scores: dict, path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4.5), squeeze=False)
-    for ax, target in zip(axes[0], targets, strict=True):
+    fig, axes = _subplots(len(targets), width=5)
+    for ax, target in zip(axes, targets, strict=True):
         truth, pred = oof[target], oof[f"{target}_pred"]
         ax.scatter(truth, pred, s=6, alpha=0.4)
         low, high = min(truth.min(), pred.min()), max(truth.max(), pred.max())
@@ -33,7 +34,7 @@ def oof_scatter(oof: pd.DataFrame, targets: list[str], metric: str, scores: dict
 
 
 def validation_curves(histories: dict[int, list[dict]], metric: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, (ax,) = _subplots()
     for fold, history in sorted(histories.items()):
         ax.plot([h["step"] for h in history], [h["val_score"] for h in history], marker=".", label=f"fold {fold}")
     ax.set(xlabel="optimizer step", ylabel=f"validation {metric}", title="validation curves")
@@ -42,7 +43,7 @@ def validation_curves(histories: dict[int, list[dict]], metric: str, path: Path)
 
 
 def residual_by_length(oof: pd.DataFrame, targets: list[str], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, (ax,) = _subplots()
     residual = np.mean([oof[f"{t}_pred"] - oof[t] for t in targets], axis=0)
     ax.scatter(oof["text_length"], residual, s=6, alpha=0.4)
     ax.axhline(0, color="grey", linewidth=1)
