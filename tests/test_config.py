@@ -31,6 +31,7 @@ def test_command_line_overrides_are_typed():
     assert cfg.model.pooling == "attention"
     assert cfg.folds == [2]
     assert cfg.train.grad_clip is None
+    assert load_config(DEFAULT, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # not YAML's false
 
 
 def test_defaults_are_merged_in_order_then_own_keys(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class UserError(Exception):
@@ -118,7 +118,16 @@ class TrainConfig(_Section):
     grad_accum: int = Field(default=1, ge=1)
     eval_every: int = Field(default=40, ge=1, description="optimizer steps between validations")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    length_bucketing: bool = True
+    length_bucketing: bool = Field(default=True, description="batches of similar lengths: less padding")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value: object) -> object:
+        return "no" if value is False else value  # YAML reads an unquoted `no` as false
+
+    fused_optimizer: bool = Field(default=False, description="fused AdamW kernel instead of foreach")
+    compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
+    threads: int | None = Field(default=None, ge=1, description="torch threads per process; null: torch's choice")
 
 
 class TrackingConfig(_Section):

@@ -60,6 +60,8 @@ def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.O
         }
         for (is_head, decays), params in groups.items()
     ]
+    if train.fused_optimizer:
+        return torch.optim.AdamW(param_groups, lr=train.lr, fused=True)
     return torch.optim.AdamW(param_groups, lr=train.lr, foreach=True)
 
 
@@ -110,6 +112,8 @@ def train_fold(
     """Train one fold, validating every `eval_every` optimizer steps; keep the weights of the best step (lowest
     `metric`)."""
     optimizer = build_optimizer(model, train)
+    if train.compile:
+        model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
     steps_per_epoch = math.ceil(len(loaders["train"]) / train.grad_accum)
     total_steps = steps_per_epoch * train.epochs
     if train.max_steps:

@@ -39,6 +39,8 @@ def run_cv(cfg: Config) -> dict | None:
         _open_run_dir(cfg, train_df, artifacts.describe_environment(folds))
         run_classical(cfg, train_df, test_df, folds)
         return finish_experiment(cfg.run_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     backbone_path, backbone_config = load_backbone_config(cfg.model)
     tokenizer = load_tokenizer(backbone_path)
     artifacts.check_run_dir(cfg)

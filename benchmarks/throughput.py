@@ -1,0 +1,257 @@
+"""Throughput: this pipeline against a plain PyTorch fp32 loop and transformers' Trainer.
+
+All three train fold 0 of the same config for the same number of optimizer steps (same model, data, batch size,
+max_len, optimizer and schedule), then predict the same validation rows. Each runs in a fresh process so that
+its peak memory is its own. Prints samples per second for training and inference, peak memory, the validation
+RMSE reached, the ratios to the plain loop, and the pipeline's model-FLOPs utilisation against this machine's
+measured matmul peak.
+
+    python benchmarks/throughput.py                      # default config, 40 steps
+    python benchmarks/throughput.py --steps 20 train.mixed_precision=bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader  # noqa: E402
+from textreg.config import load_config  # noqa: E402
+from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
+from textreg.engine import choose_mixed_precision, predict, train_fold  # noqa: E402
+from textreg.metrics import score  # noqa: E402
+from textreg.model import build_model, load_backbone_config, load_tokenizer  # noqa: E402
+
+METHODS = ("plain", "trainer", "pipeline")
+
+
+def fold_data(cfg, eval_rows: int) -> dict:
+    df = assign_folds(load_train(cfg), cfg)
+    path, backbone_config = load_backbone_config(cfg.model)
+    tokenizer = load_tokenizer(path)
+    texts = model_inputs(df, cfg.data, tokenizer.sep_token or " ")
+    targets = df[cfg.data.target_columns].to_numpy(dtype=np.float32)
+    valid = np.flatnonzero(df["fold"].to_numpy() == 0)[:eval_rows]
+    return {
+        "texts": texts,
+        "targets": targets,
+        "train": np.flatnonzero(df["fold"].to_numpy() != 0),
+        "valid": valid,
+        "tokenizer": tokenizer,
+        "model": lambda: build_model(cfg.model, targets.shape[1], path, backbone_config),
+    }
+
+
+def run_plain(cfg, data: dict, steps: int) -> dict:
+    """The usual way: pad everything to max_len, shuffle, fp32, torch's default AdamW."""
+    tok, t = data["tokenizer"], cfg.train
+    enc = tok(data["texts"], padding="max_length", truncation=True, max_length=cfg.model.max_len, return_tensors="pt")
+    targets = torch.from_numpy(data["targets"])
+    model = data["model"]()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    schedule = get_scheduler("linear", optimizer, int(steps * t.warmup_ratio), steps)
+    order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(data["train"]))
+    model.train()
+    tick = time.perf_counter()
+    for step in range(steps):
+        rows = order[(step * t.batch_size) % len(order) :][: t.batch_size]
+        out = model(enc["input_ids"][rows], enc["attention_mask"][rows])
+        loss = nn.functional.mse_loss(out, targets[rows])
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or 1e9)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    train_seconds = time.perf_counter() - tick
+    model.eval()
+    valid, preds = data["valid"], []
+    tick = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(valid), t.eval_batch_size):
+            rows = torch.from_numpy(valid[start : start + t.eval_batch_size])
+            preds.append(model(enc["input_ids"][rows], enc["attention_mask"][rows]))
+    infer_seconds = time.perf_counter() - tick
+    return result(steps * t.batch_size / train_seconds, len(valid) / infer_seconds, data, torch.cat(preds).numpy())
+
+
+class WithLoss(nn.Module):
+    """Trainer wants a model that returns its loss."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        out = self.model(input_ids, attention_mask)
+        loss = nn.functional.mse_loss(out.float(), labels) if labels is not None else None
+        return {"loss": loss, "logits": out}
+
+
+def run_trainer(cfg, data: dict, steps: int) -> dict:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    t, tok = cfg.train, data["tokenizer"]
+    ids = tokenize(tok, data["texts"], cfg.model.max_len)
+
+    def rows(index):
+        return [{"input_ids": ids[i], "labels": data["targets"][i].tolist()} for i in index]
+
+    precision = choose_mixed_precision(t.mixed_precision)
+    args = TrainingArguments(
+        output_dir=str(ROOT / "outputs" / "benchmark-trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=int(steps * t.warmup_ratio),
+        lr_scheduler_type="linear",
+        max_grad_norm=t.grad_clip or 0.0,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        seed=cfg.seed,
+    )
+    trainer = Trainer(
+        model=WithLoss(data["model"]()),
+        args=args,
+        train_dataset=rows(data["train"]),
+        data_collator=DataCollatorWithPadding(tok),
+    )
+    tick = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    preds = trainer.predict(rows(data["valid"])).predictions
+    infer_seconds = time.perf_counter() - tick
+    return result(steps * t.batch_size / train_seconds, len(data["valid"]) / infer_seconds, data, preds)
+
+
+def run_pipeline(cfg, data: dict, steps: int) -> dict:
+    from accelerate import Accelerator
+
+    t = cfg.train.model_copy(update={"max_steps": steps, "eval_every": 10**9})
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=choose_mixed_precision(t.mixed_precision)
+    )
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    ids = tokenize(data["tokenizer"], data["texts"], cfg.model.max_len)
+    collate = Collator(data["tokenizer"].pad_token_id)
+    train_set = TextDataset(ids, data["train"], data["targets"])
+    loaders = {
+        "train": train_loader(train_set, t.batch_size, cfg.seed, t.length_bucketing, collate),
+        "valid": eval_loader(ids, data["valid"], t.eval_batch_size, collate),
+        "test": eval_loader(ids, data["valid"][:1], t.eval_batch_size, collate),
+    }
+    model = data["model"]()
+    fold = train_fold(accelerator, t, cfg.metric, 0, model, loaders, data["targets"], data["valid"], len(ids))
+    tick = time.perf_counter()
+    preds = predict(accelerator, model, accelerator.prepare(loaders["valid"]), len(ids))[data["valid"]]
+    infer_seconds = time.perf_counter() - tick
+    out = result(fold.train_samples_per_second, len(data["valid"]) / infer_seconds, data, preds)
+    tokens = np.mean([len(ids[i]) for i in data["train"]])
+    out["model_tflops"] = 6 * non_embedding_params(model) * tokens * out["train_samples_per_second"] / 1e12
+    out["precision"] = accelerator.mixed_precision
+    return out
+
+
+def non_embedding_params(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+
+
+def result(train_sps: float, infer_sps: float, data: dict, preds) -> dict:
+    return {
+        "train_samples_per_second": train_sps,
+        "infer_samples_per_second": infer_sps,
+        "val_rmse": score("rmse", data["targets"][data["valid"]], np.asarray(preds, dtype=np.float64)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def matmul_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - tick) / 1e12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps each method trains")
+    parser.add_argument("--eval-rows", type=int, default=256, help="validation rows each method predicts")
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
+    if args.method:
+        torch.manual_seed(cfg.seed)
+        data = fold_data(cfg, args.eval_rows)
+        runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[args.method]
+        print("RESULT " + json.dumps(runner(cfg, data, args.steps)))
+        return
+    results = {}
+    for method in METHODS:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--config",
+            args.config,
+            "--steps",
+            str(args.steps),
+            "--eval-rows",
+            str(args.eval_rows),
+            "--method",
+            method,
+            *args.overrides,
+        ]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        results[method] = json.loads(out.split("RESULT ", 1)[1])
+    peaks = {name: matmul_peak_tflops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    base = results["plain"]
+    print(
+        f"{args.steps} steps of batch {cfg.train.batch_size}, max_len {cfg.model.max_len}, {cfg.model.backbone}, "
+        f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'method':<10} {'train samples/s':>16} {'x plain':>8} {'infer samples/s':>16} {'x plain':>8} "
+        f"{'peak MB':>8} {'val RMSE':>9}"
+    )
+    for method, r in results.items():
+        print(
+            f"{method:<10} {r['train_samples_per_second']:>16.2f} "
+            f"{r['train_samples_per_second'] / base['train_samples_per_second']:>8.2f} "
+            f"{r['infer_samples_per_second']:>16.2f} "
+            f"{r['infer_samples_per_second'] / base['infer_samples_per_second']:>8.2f} "
+            f"{r['peak_rss_mb']:>8.0f} {r['val_rmse']:>9.4f}"
+        )
+    pipe = results["pipeline"]
+    peak = peaks["bf16" if pipe["precision"] == "bf16" else "fp32"]
+    print(
+        f"matmul peak: fp32 {peaks['fp32']:.3f} TFLOP/s, bf16 {peaks['bf16']:.3f} TFLOP/s; pipeline "
+        f"({pipe['precision']}) {pipe['model_tflops']:.3f} TFLOP/s of model FLOPs = "
+        f"{pipe['model_tflops'] / peak:.0%} MFU"
+    )
+
+
+if __name__ == "__main__":
+    main()
