@@ -224,8 +224,10 @@ def main() -> None:
             method,
             *args.overrides,
         ]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        results[method] = json.loads(out.split("RESULT ", 1)[1])
+        child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.exit(f"{method} failed:\n{child.stderr[-2000:]}")
+        results[method] = json.loads(child.stdout.split("RESULT ", 1)[1])
     peaks = {name: matmul_peak_tflops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     base = results["plain"]
     print(

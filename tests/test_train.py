@@ -45,11 +45,27 @@ def check_run(run_dir: Path, data_dir: Path, submission: Path, n_folds: int = 2)
     assert np.allclose(test_pred["target"], test_pred[[f"target_fold{k}" for k in range(n_folds)]].mean(axis=1))
 
 
-def test_debug_config_end_to_end(make_config, competition, tmp_path):
-    config = make_config(model__pooling="attention")
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model__pooling": "attention"},
+        {
+            "model__pooling": "cls",
+            "train__grad_accum": 2,
+            "train__mixed_precision": "bf16",
+            "train__scheduler": "cosine",
+            "train__length_bucketing": False,
+        },
+    ],
+    ids=["attention-pooling", "cls-accumulation-bf16-cosine"],
+)
+def test_debug_config_end_to_end(make_config, competition, tmp_path, overrides):
+    config = make_config(**overrides)
     result = run_train(config)
     assert result.returncode == 0, result.stderr
     assert "CV rmse" in result.stdout
+    precision = overrides.get("train__mixed_precision", "no")
+    assert f"mixed precision {precision}" in result.stdout
     check_run(tmp_path / "outputs" / "tiny", competition, tmp_path / "submissions" / "tiny.csv")
 
 
