@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from wandb_offline import read_runs
 
 import ensemble as ensemble_cli
 import predict as predict_cli
 from textreg.config import UserError
 from textreg.ensemble import METHODS, nested_oof
-from textreg.submission import make_submission
+from textreg.submission import check_submission, make_submission
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,12 @@ def test_a_wrong_submission_is_refused(change, message):
         make_submission(sample, predictions["id"], predictions[["target"]].to_numpy(), "id", ["target"])
 
 
+def test_a_submission_in_another_order_than_the_sample_is_refused():
+    sample = pd.DataFrame({"id": ["a", "b", "c"], "target": 0.0})
+    with pytest.raises(UserError, match="not the sample submission's ids in the same order"):
+        check_submission(pd.DataFrame({"id": ["b", "a", "c"], "target": 1.0}), sample, "id")
+
+
 def test_a_reordered_submission_is_put_in_the_sample_order():
     sample = pd.DataFrame({"id": ["a", "b", "c"], "target": 0.0})
     sub = make_submission(sample, pd.Series(["c", "a", "b"]), np.array([3.0, 1.0, 2.0]), "id", ["target"])
@@ -106,6 +113,18 @@ def test_two_experiments_to_a_submission_and_back_from_saved_weights(make_config
     predicted = pd.read_csv(outputs / "tiny" / "predictions" / "test.csv").set_index("id")
     at_fit = pd.read_csv(outputs / "tiny" / "test_predictions.csv").set_index("id").loc[predicted.index]
     np.testing.assert_allclose(predicted.to_numpy(), at_fit.to_numpy(), atol=1e-5)
+
+
+def test_the_ensemble_is_a_wandb_run_when_tracking_is_on(make_config, tmp_path):
+    config = make_config(tracking={"mode": "offline"})
+    train(config, "model.kind=tfidf_ridge")
+    train(config, "experiment=tfidf-strong", "model.kind=tfidf_ridge", "model.ridge_alpha=10")
+    outputs = tmp_path / "outputs"
+    args = ["--name", "blend", "--outputs", str(outputs), "--submissions", str(tmp_path / "submissions")]
+    assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "tfidf-strong"), *args]) == 0
+    (run,) = [r for r in read_runs(outputs / "wandb") if r["job_type"] == "ensemble"]
+    assert run["name"] == "blend" and run["group"] == "blend" and run["exit_code"] == 0
+    assert set(run["summary"]) >= {"nested_cv/mean", "nested_cv/ridge", "member/tiny", "member/tfidf-strong"}
 
 
 def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsys):

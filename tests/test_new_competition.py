@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from textreg import ensemble
 from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 
@@ -105,3 +106,18 @@ def test_two_targets_grouped_folds_mcrmse_and_submission(summaries_config, tmp_p
     assert list(submission.columns) == ["student_id", "content", "wording"]
     assert submission["student_id"].equals(sample["student_id"])
     assert np.isfinite(submission[["content", "wording"]].to_numpy()).all()
+
+
+def test_members_with_two_targets_blend_per_target(summaries_config, tmp_path):
+    for overrides in (
+        ["experiment=a", "model.kind=tfidf_ridge"],
+        ["experiment=b", "model.kind=tfidf_ridge", "model.ridge_alpha=10"],
+    ):
+        cmd = [sys.executable, "src/train.py", "--config", str(summaries_config), *overrides]
+        assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
+    outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
+    report = ensemble.build([outputs / "a", outputs / "b"], "ab", outputs, submissions)
+    assert set(report["blends"]) == {"content", "wording"}
+    assert report["metric"] == "mcrmse"
+    submission = pd.read_csv(submissions / "ab.csv")
+    assert list(submission.columns) == ["student_id", "content", "wording"]
