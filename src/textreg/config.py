@@ -99,7 +99,8 @@ class ModelConfig(_Section):
     )
     ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge: the ridge penalty")
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
-    pooling: Literal["cls", "mean", "attention"] = "mean"
+    pooling: Literal["cls", "mean", "attention", "weighted_layers"] = "mean"
+    reinit_layers: int = Field(default=0, ge=0, description="re-initialise the top k layers of the backbone")
     max_len: int = Field(default=256, ge=8)
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
 
@@ -111,6 +112,9 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-4, gt=0)
     head_lr: float | None = Field(default=None, gt=0, description="learning rate of pooling + head")
+    layerwise_lr_decay: float = Field(
+        default=1.0, gt=0, le=1, description="each layer's lr is this times the lr of the layer above it"
+    )
     weight_decay: float = Field(default=0.01, ge=0)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)

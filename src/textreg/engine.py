@@ -19,7 +19,7 @@ from transformers import get_scheduler
 
 from textreg.config import TrainConfig
 from textreg.metrics import per_target, score
-from textreg.model import RegressionModel
+from textreg.model import RegressionModel, layer_depth
 
 
 def cpu_supports_bf16() -> bool:
@@ -46,19 +46,21 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms; the head may have its own learning rate."""
+    """AdamW without weight decay on biases and norms. The head may have its own learning rate; with
+    layer-wise decay, each backbone layer learns `layerwise_lr_decay` times slower than the one above it."""
     head = {id(p) for p in model.head_parameters()}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    n_layers = model.backbone.config.num_hidden_layers
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        is_head, decays = id(param) in head, not any(key in name for key in NO_DECAY)
-        groups.setdefault((is_head, decays), []).append(param)
+        if id(param) in head:
+            lr = train.head_lr or train.lr
+        else:
+            lr = train.lr * train.layerwise_lr_decay ** (n_layers - layer_depth(name, n_layers))
+        decays = not any(key in name for key in NO_DECAY)
+        groups.setdefault((lr, decays), []).append(param)
     param_groups = [
-        {
-            "params": params,
-            "lr": (train.head_lr or train.lr) if is_head else train.lr,
-            "weight_decay": train.weight_decay if decays else 0.0,
-        }
-        for (is_head, decays), params in groups.items()
+        {"params": params, "lr": lr, "weight_decay": train.weight_decay if decays else 0.0}
+        for (lr, decays), params in groups.items()
     ]
     if train.fused_optimizer:
         return torch.optim.AdamW(param_groups, lr=train.lr, fused=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import torch
@@ -116,6 +117,9 @@ class RegressionModel(nn.Module):
         hidden = backbone.config.hidden_size
         self.pooling = pooling
         self.attention = AttentionPooling(hidden) if pooling == "attention" else None
+        # weighted_layers: a learned softmax mix of every layer's output, then mean pooling
+        n_layers = backbone.config.num_hidden_layers
+        self.layer_logits = nn.Parameter(torch.zeros(n_layers)) if pooling == "weighted_layers" else None
         self.head = nn.Linear(hidden, n_targets)
         # The head predicts z-scores when targets are standardised; these buffers map them back to target
         # units, and travel inside the checkpoint. Identity by default.
@@ -123,13 +127,19 @@ class RegressionModel(nn.Module):
         self.register_buffer("target_std", torch.ones(n_targets))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mixing = self.layer_logits is not None
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=mixing)
+        hidden = out.last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "mean":
             pooled = mean_pool(hidden, attention_mask)
-        else:
+        elif self.pooling == "attention":
             pooled = self.attention(hidden, attention_mask)
+        else:
+            weights = torch.softmax(self.layer_logits, dim=0).to(hidden.dtype)
+            mixed = torch.einsum("l,lbth->bth", weights, torch.stack(out.hidden_states[1:]))
+            pooled = mean_pool(mixed, attention_mask)
         return self.head(pooled)
 
     def to_target_units(self, output: torch.Tensor) -> torch.Tensor:
@@ -150,7 +160,44 @@ def build_model(model_cfg: ModelConfig, n_targets: int, path: str | None, config
         backbone.pooler = None
     if model_cfg.dropout.disable:
         disable_dropout(backbone)
+    if path and model_cfg.reinit_layers:
+        reinit_top_layers(backbone, model_cfg.reinit_layers)
     return RegressionModel(backbone, model_cfg.pooling, n_targets)
+
+
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of transformer layers, whatever the architecture calls it."""
+    n_layers = backbone.config.num_hidden_layers
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise UserError(f"cannot find the {n_layers} encoder layers of this {backbone.config.model_type} backbone")
+
+
+def reinit_top_layers(backbone: nn.Module, k: int) -> None:
+    """Give the top k layers fresh weights: their pretraining is the most task-specific (Zhang et al., 2021)."""
+    layers = encoder_layers(backbone)
+    if k > len(layers):
+        raise UserError(f"model.reinit_layers={k}: the backbone has only {len(layers)} layers")
+    std = getattr(backbone.config, "initializer_range", 0.02)
+    with torch.no_grad():  # the backbone's own _init_weights skips weights loaded from a checkpoint
+        for module in (m for layer in layers[len(layers) - k :] for m in layer.modules()):
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif "Norm" in type(module).__name__ and getattr(module, "weight", None) is not None:
+                module.weight.fill_(1.0)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+
+
+def layer_depth(name: str, n_layers: int) -> int:
+    """0 for embeddings, i + 1 for encoder layer i, n_layers for anything above (final norms, pooling)."""
+    match = re.search(r"\.layers?\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if "embeddings" in name else n_layers
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
