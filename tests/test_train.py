@@ -56,8 +56,9 @@ def check_run(run_dir: Path, data_dir: Path, submission: Path, n_folds: int = 2)
             "train__scheduler": "cosine",
             "train__length_bucketing": False,
         },
+        {"train__compile": True, "train__fused_optimizer": True, "train__threads": 1},
     ],
-    ids=["attention-pooling", "cls-accumulation-bf16-cosine"],
+    ids=["attention-pooling", "cls-accumulation-bf16-cosine", "compile-fused-1thread"],
 )
 def test_debug_config_end_to_end(make_config, competition, tmp_path, overrides):
     config = make_config(**overrides)
