@@ -136,3 +136,15 @@ def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsy
     assert code == 2
     assert "other-folds and tiny were trained on different folds" in capsys.readouterr().err
     assert not (outputs / "ensembles").exists()
+
+
+@pytest.mark.parametrize("kind", ["tfidf_ridge", "embedding_ridge"])
+def test_classical_members_predict_again_what_they_predicted_at_fit_time(make_config, competition, tmp_path, kind):
+    train(make_config(), f"model.kind={kind}")
+    run_dir = tmp_path / "outputs" / "tiny"
+    assert predict_cli.main([str(run_dir), "--input", str(competition / "test.csv")]) == 0
+    predicted = pd.read_csv(run_dir / "predictions" / "test.csv").set_index("id")
+    at_fit = pd.read_csv(run_dir / "test_predictions.csv").set_index("id").loc[predicted.index]
+    np.testing.assert_allclose(predicted.to_numpy(), at_fit.to_numpy(), atol=1e-9)
+    oof = pd.read_csv(run_dir / "oof.csv")
+    assert sorted(oof["id"]) == sorted(pd.read_csv(competition / "train.csv")["id"])

@@ -94,10 +94,10 @@ class DropoutConfig(_Section):
 
 
 class ModelConfig(_Section):
-    kind: Literal["transformer", "tfidf_ridge"] = Field(
+    kind: Literal["transformer", "tfidf_ridge", "embedding_ridge"] = Field(
         default="transformer", description="a fine-tuned backbone, or a classical member for ensembles"
     )
-    ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge: the ridge penalty")
+    ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge, embedding_ridge: the ridge penalty")
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
     pooling: Literal["cls", "mean", "attention", "weighted_layers"] = "mean"
     reinit_layers: int = Field(default=0, ge=0, description="re-initialise the top k layers of the backbone")

@@ -52,8 +52,7 @@ def _predict_transformer(run_dir: Path, cfg: Config, df: pd.DataFrame, folds: li
 
 
 def _predict_classical(run_dir: Path, cfg: Config, df: pd.DataFrame, folds: list[int]) -> dict[int, np.ndarray]:
-    texts = model_inputs(df, cfg.data, " ")
-    return {k: classical.predict_tfidf_ridge(*classical.load_fold(run_dir / f"fold{k}"), texts) for k in folds}
+    return classical.predict_folds(cfg, run_dir, model_inputs(df, cfg.data, " "), folds)
 
 
 def predict_file(run_dir: Path, input_path: Path) -> pd.DataFrame:
