@@ -88,9 +88,12 @@ def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys
     config = make_config()
     train(config)
     train(config, "experiment=tiny-lr", "train.lr=0.001")
+    (tmp_path / "outputs" / "old").mkdir()
+    (tmp_path / "outputs" / "old" / "metrics.json").write_text('{"cv_rmse": 0.5}')  # no run.json: another version
     assert report.main(["--outputs", str(tmp_path / "outputs"), "--default", str(config)]) == 0
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "skipped" in out.splitlines()[0] and "another version" in out.splitlines()[0]
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert set(lines) == {"tiny", "tiny-lr"}
     assert "train.lr=0.001" in lines["tiny-lr"] and "train.lr" not in lines["tiny"]
     for name in ("tiny", "tiny-lr"):

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from textreg.config import Config, changed_keys
+from textreg import artifacts
+from textreg.config import Config, UserError, changed_keys
 
 IGNORED = {"experiment", "folds", "overwrite", "tracking"}
 
@@ -16,8 +16,13 @@ IGNORED = {"experiment", "folds", "overwrite", "tracking"}
 def experiments_table(output_dir: Path, default: Config) -> pd.DataFrame:
     rows = []
     for metrics_path in sorted(output_dir.glob("*/metrics.json")):
+        try:
+            artifacts.check_run_format(metrics_path.parent)
+        except UserError:
+            print(f"skipped {metrics_path.parent}: written by another version of the template")
+            continue
         metrics = json.loads(metrics_path.read_text())
-        config = yaml.safe_load((metrics_path.parent / "config.yaml").read_text())
+        config = artifacts.load_run_config(metrics_path.parent).to_dict()  # keys added since get their defaults
         changed = sorted(k for k in changed_keys(default.to_dict(), config) if k.split(".")[0] not in IGNORED)
         rows.append(
             {
