@@ -28,7 +28,7 @@ from transformers import get_scheduler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader  # noqa: E402
+from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader  # noqa: E402
 from textreg.config import load_config  # noqa: E402
 from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
 from textreg.engine import choose_mixed_precision, predict, train_fold  # noqa: E402
@@ -42,7 +42,7 @@ def fold_data(cfg, eval_rows: int) -> dict:
     df = assign_folds(load_train(cfg), cfg)
     path, backbone_config = load_backbone_config(cfg.model)
     tokenizer = load_tokenizer(path)
-    texts = model_inputs(df, cfg.data, tokenizer.sep_token or " ")
+    texts = model_inputs(df, cfg.data, separator(tokenizer))
     targets = df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     valid = np.flatnonzero(df["fold"].to_numpy() == 0)[:eval_rows]
     return {

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from safetensors.torch import load_file
 
 from textreg import artifacts
-from textreg.batching import Collator, tokenize
+from textreg.batching import Collator, separator, tokenize
 from textreg.config import load_config, run_reporting_user_errors
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     if args.run:
         model.load_state_dict(load_file(args.run / f"fold{args.fold}" / "model.safetensors"))
     df = load_train(cfg).sample(n=args.texts, random_state=cfg.seed)
-    ids = tokenize(tokenizer, model_inputs(df, cfg.data, tokenizer.sep_token or " "), cfg.model.max_len)
+    ids = tokenize(tokenizer, model_inputs(df, cfg.data, separator(tokenizer)), cfg.model.max_len)
     batch = Collator(tokenizer.pad_token_id)([{"input_ids": i, "row": n} for n, i in enumerate(ids)])
     result = dropout_effect(model, {k: batch[k] for k in ("input_ids", "attention_mask")}, args.passes)
     dropouts = {k: v for k, v in config.to_dict().items() if "dropout" in k and isinstance(v, float)}

@@ -11,6 +11,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 
+def separator(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What `{sep}` in a text template becomes: one rule for training and every prediction path."""
+    return tokenizer.sep_token or tokenizer.eos_token or " "
+
+
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
     return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)["input_ids"]
 

@@ -21,7 +21,7 @@ from textreg.config import Config, UserError
 from textreg.data import load_sample_submission, read_csv
 from textreg.inference import predict_file
 from textreg.metrics import score
-from textreg.submission import check_submission, make_submission
+from textreg.submission import make_submission
 from textreg.tracking import Tracker
 
 Blend = tuple[np.ndarray, float]  # weights per member, intercept
@@ -233,5 +233,4 @@ def check_against_sample(result: pd.DataFrame, sample_path: Path, id_column: str
         id_column,
         list(result.columns.drop(id_column)),
     )
-    check_submission(submission, sample, id_column)
     return submission

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
 from textreg import artifacts, classical
-from textreg.batching import Collator, eval_loader, tokenize
+from textreg.batching import Collator, eval_loader, separator, tokenize
 from textreg.config import Config, UserError
 from textreg.data import load_test, model_inputs
 from textreg.engine import choose_mixed_precision
@@ -35,7 +35,7 @@ def _predict_transformer(run_dir: Path, cfg: Config, df: pd.DataFrame, folds: li
     precision = choose_mixed_precision(cfg.train.mixed_precision)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "backbone")
     backbone_config = AutoConfig.from_pretrained(run_dir / "backbone")
-    texts = model_inputs(df, cfg.data, tokenizer.sep_token or tokenizer.eos_token or " ")
+    texts = model_inputs(df, cfg.data, separator(tokenizer))
     input_ids = tokenize(tokenizer, texts, cfg.model.max_len)
     loader = eval_loader(input_ids, np.arange(len(df)), cfg.train.eval_batch_size, Collator(tokenizer.pad_token_id))
     model = build_model(cfg.model, len(cfg.data.target_columns), None, backbone_config).to(device).eval()

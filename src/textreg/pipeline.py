@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 from transformers import PretrainedConfig
 
 from textreg import artifacts
-from textreg.batching import Collator, TextDataset, eval_loader, tokenize, train_loader
+from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.classical import run_classical
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
@@ -65,7 +65,7 @@ def run_cv(cfg: Config) -> dict | None:
         backbone_config.save_pretrained(run_dir / "backbone")
     accelerator.wait_for_everyone()
 
-    sep = tokenizer.sep_token or tokenizer.eos_token or " "
+    sep = separator(tokenizer)
     train_inputs = model_inputs(train_df, cfg.data, sep)
     train_df["text_length"] = [len(text) for text in train_inputs]
     train_ids = tokenize(tokenizer, train_inputs, cfg.model.max_len)
