@@ -6,8 +6,11 @@ its peak memory is its own. Prints samples per second for training and inference
 RMSE reached, the ratios to the plain loop, and the pipeline's model-FLOPs utilisation against this machine's
 measured matmul peak.
 
-    python benchmarks/throughput.py                      # default config, 40 steps
-    python benchmarks/throughput.py --steps 20 train.mixed_precision=bf16
+    python benchmarks/throughput.py                      # default config, 40 steps, each method twice
+    python benchmarks/throughput.py --methods pipeline train.compile=true   # one option's effect
+
+Timings on a shared machine move by 10-15% from run to run: each method runs `--repeats` times, interleaved, and the
+table shows the median.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -194,13 +198,59 @@ def matmul_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> 
     return 2 * n**3 * repeats / (time.perf_counter() - tick) / 1e12
 
 
+def methods_list(text: str) -> list[str]:
+    methods = text.split(",")
+    if not set(methods) <= set(METHODS):
+        raise argparse.ArgumentTypeError(f"{text!r}: methods are {','.join(METHODS)}")
+    return methods
+
+
+def run_child(args: argparse.Namespace, method: str) -> dict:
+    cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps)]
+    cmd += ["--eval-rows", str(args.eval_rows), "--method", method, *args.overrides]
+    child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if child.returncode != 0:
+        sys.exit(f"{method} failed:\n{child.stderr[-2000:]}")
+    return json.loads(child.stdout.split("RESULT ", 1)[1])
+
+
+def median_results(runs: list[dict]) -> dict:
+    out = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "precision"}
+    out["precision"] = runs[0].get("precision")
+    return out
+
+
+def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None:
+    base = results.get("plain")
+    print(
+        f"{args.steps} steps of batch {cfg.train.batch_size}, max_len {cfg.model.max_len}, {cfg.model.backbone}, "
+        f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs; "
+        f"overrides: {' '.join(args.overrides) or 'none'}"
+    )
+    print(
+        f"{'method':<10} {'train samples/s':>16} {'x plain':>8} {'infer samples/s':>16} {'x plain':>8} "
+        f"{'peak MB':>8} {'val RMSE':>9}"
+    )
+    for method, r in results.items():
+        train_ratio = r["train_samples_per_second"] / base["train_samples_per_second"] if base else float("nan")
+        infer_ratio = r["infer_samples_per_second"] / base["infer_samples_per_second"] if base else float("nan")
+        print(
+            f"{method:<10} {r['train_samples_per_second']:>16.2f} {train_ratio:>8.2f} "
+            f"{r['infer_samples_per_second']:>16.2f} {infer_ratio:>8.2f} {r['peak_rss_mb']:>8.0f} {r['val_rmse']:>9.4f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps each method trains")
     parser.add_argument("--eval-rows", type=int, default=256, help="validation rows each method predicts")
+    parser.add_argument(
+        "--methods", type=methods_list, default=list(METHODS), help=f"comma-separated, of {','.join(METHODS)}"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each method, interleaved; the median counts")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
     args = parser.parse_args()
     cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
     if args.method:
@@ -209,50 +259,21 @@ def main() -> None:
         runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[args.method]
         print("RESULT " + json.dumps(runner(cfg, data, args.steps)))
         return
-    results = {}
-    for method in METHODS:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--config",
-            args.config,
-            "--steps",
-            str(args.steps),
-            "--eval-rows",
-            str(args.eval_rows),
-            "--method",
-            method,
-            *args.overrides,
-        ]
-        child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if child.returncode != 0:
-            sys.exit(f"{method} failed:\n{child.stderr[-2000:]}")
-        results[method] = json.loads(child.stdout.split("RESULT ", 1)[1])
-    peaks = {name: matmul_peak_tflops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    base = results["plain"]
-    print(
-        f"{args.steps} steps of batch {cfg.train.batch_size}, max_len {cfg.model.max_len}, {cfg.model.backbone}, "
-        f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads"
-    )
-    print(
-        f"{'method':<10} {'train samples/s':>16} {'x plain':>8} {'infer samples/s':>16} {'x plain':>8} "
-        f"{'peak MB':>8} {'val RMSE':>9}"
-    )
-    for method, r in results.items():
+    runs: dict[str, list[dict]] = {method: [] for method in args.methods}
+    for _ in range(args.repeats):
+        for method in args.methods:
+            runs[method].append(run_child(args, method))
+    results = {method: median_results(method_runs) for method, method_runs in runs.items()}
+    print_table(cfg, args, results)
+    if "pipeline" in results:
+        pipe = results["pipeline"]
+        peaks = {name: matmul_peak_tflops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        peak = peaks["bf16" if pipe["precision"] == "bf16" else "fp32"]
         print(
-            f"{method:<10} {r['train_samples_per_second']:>16.2f} "
-            f"{r['train_samples_per_second'] / base['train_samples_per_second']:>8.2f} "
-            f"{r['infer_samples_per_second']:>16.2f} "
-            f"{r['infer_samples_per_second'] / base['infer_samples_per_second']:>8.2f} "
-            f"{r['peak_rss_mb']:>8.0f} {r['val_rmse']:>9.4f}"
+            f"matmul peak: fp32 {peaks['fp32']:.3f} TFLOP/s, bf16 {peaks['bf16']:.3f} TFLOP/s; pipeline "
+            f"({pipe['precision']}) {pipe['model_tflops']:.3f} TFLOP/s of model FLOPs = "
+            f"{pipe['model_tflops'] / peak:.0%} MFU"
         )
-    pipe = results["pipeline"]
-    peak = peaks["bf16" if pipe["precision"] == "bf16" else "fp32"]
-    print(
-        f"matmul peak: fp32 {peaks['fp32']:.3f} TFLOP/s, bf16 {peaks['bf16']:.3f} TFLOP/s; pipeline "
-        f"({pipe['precision']}) {pipe['model_tflops']:.3f} TFLOP/s of model FLOPs = "
-        f"{pipe['model_tflops'] / peak:.0%} MFU"
-    )
 
 
 if __name__ == "__main__":

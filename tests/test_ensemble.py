@@ -138,7 +138,7 @@ def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsy
     assert not (outputs / "ensembles").exists()
 
 
-@pytest.mark.parametrize("kind", ["tfidf_ridge", "embedding_ridge"])
+@pytest.mark.parametrize("kind", ["tfidf_ridge", "embedding_ridge", "features_gbm"])
 def test_classical_members_predict_again_what_they_predicted_at_fit_time(make_config, competition, tmp_path, kind):
     train(make_config(), f"model.kind={kind}")
     run_dir = tmp_path / "outputs" / "tiny"

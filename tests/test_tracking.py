@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 from wandb_offline import read_runs
 
@@ -99,3 +100,25 @@ def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys
     for name in ("tiny", "tiny-lr"):
         score = json.loads((tmp_path / "outputs" / name / "metrics.json").read_text())["cv_score"]
         assert f"{score:.4f}" in lines[name]
+
+
+def test_report_pools_seeds_of_one_recipe(make_config, tmp_path, capsys):
+    config = make_config()
+    for seed in (1, 2):
+        train(config, f"experiment=tiny-seed{seed}", f"seed={seed}", "train.lr=0.001")
+    train(config, "experiment=other", "train.lr=0.002")  # one seed only: no pooled row
+    assert report.main(["--outputs", str(tmp_path / "outputs"), "--default", str(config)]) == 0
+    out = capsys.readouterr().out
+    pooled = out.split("Over seeds")[1].splitlines()[2:]
+    assert len(pooled) == 1 and pooled[0].split()[0] == "train.lr=0.001"
+    scores = [
+        fold["score"]
+        for seed in (1, 2)
+        for fold in json.loads((tmp_path / "outputs" / f"tiny-seed{seed}" / "metrics.json").read_text())[
+            "folds"
+        ].values()
+    ]
+    recipe, seed_a, seed_b, n, mean, std = pooled[0].split()[:6]
+    assert (seed_a, seed_b, int(n)) == ("1", "2", len(scores))
+    assert float(mean) == pytest.approx(np.mean(scores), abs=1e-4)
+    assert float(std) == pytest.approx(np.std(scores), abs=1e-4)

@@ -4,6 +4,8 @@
   fold "checkpoint" is the IDF vector and the ridge weights in model.safetensors, plus vocabulary.json.
 - `model.kind: embedding_ridge`: the frozen backbone's mean-pooled embeddings (`model.backbone`, not fine-tuned)
   + ridge regression; its checkpoint is the ridge weights (the backbone is needed again to predict).
+- `model.kind: features_gbm`: hand-made readability features (`textreg.readability`) + LightGBM, one booster per
+  target; its checkpoint holds each booster in LightGBM's own text format, as bytes (`booster<j>`).
 
 Nothing to unpickle, and predictions from the saved files equal those made at fit time.
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import lightgbm
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -23,11 +27,12 @@ from transformers import AutoModel
 
 from textreg import artifacts
 from textreg.batching import Collator, eval_loader, tokenize
-from textreg.config import Config
+from textreg.config import Config, GBMConfig
 from textreg.data import model_inputs
 from textreg.engine import FoldResult
 from textreg.metrics import per_target, score
-from textreg.model import load_backbone_config, load_tokenizer, mean_pool
+from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
+from textreg.readability import FEATURES, feature_matrix
 from textreg.tracking import Tracker
 
 TFIDF = {"ngram_range": (1, 2), "min_df": 2, "sublinear_tf": True, "dtype": np.float64}
@@ -63,6 +68,38 @@ def predict_ridge(state: dict, features: np.ndarray) -> np.ndarray:
     return features @ state["coef"].numpy().T + state["intercept"].numpy()
 
 
+def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int, threads: int | None) -> dict:
+    params = {
+        "objective": "regression",
+        "learning_rate": gbm.learning_rate,
+        "num_leaves": gbm.num_leaves,
+        "min_child_samples": gbm.min_child_samples,
+        "subsample": 0.8,
+        "subsample_freq": 1,
+        "colsample_bytree": 0.8,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": threads or 0,
+        "verbosity": -1,
+    }
+    state = {}
+    for j in range(targets.shape[1]):
+        data = lightgbm.Dataset(features, targets[:, j], feature_name=list(FEATURES))
+        text = lightgbm.train(params, data, num_boost_round=gbm.rounds).model_to_string()
+        state[f"booster{j}"] = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+    return state
+
+
+def predict_gbm(state: dict, features: np.ndarray) -> np.ndarray:
+    boosters = [lightgbm.Booster(model_str=bytes(state[f"booster{j}"].numpy()).decode()) for j in range(len(state))]
+    return np.stack([booster.predict(features) for booster in boosters], axis=1)
+
+
+def readability_features(cfg: Config, texts: list[str]) -> np.ndarray:
+    return feature_matrix(texts, load_tokenizer(resolve_backbone(cfg.model.backbone)))
+
+
 @torch.no_grad()
 def embed(cfg: Config, texts: list[str]) -> np.ndarray:
     """Mean-pooled last hidden states of the frozen, pretrained backbone."""
@@ -87,15 +124,43 @@ def load_fold(fold_dir: Path) -> tuple[dict, list[str] | None]:
 
 def predict_folds(cfg: Config, run_dir: Path, texts: list[str], folds: list[int]) -> dict[int, np.ndarray]:
     """Each fold's predictions for `texts`, from the fold files alone."""
-    features = embed(cfg, texts) if cfg.model.kind == "embedding_ridge" else None
+    inputs = member_inputs(cfg, texts)
     predictions = {}
     for fold in folds:
         state, vocabulary = load_fold(run_dir / f"fold{fold}")
-        if features is None:
-            predictions[fold] = predict_tfidf_ridge(state, vocabulary, texts)
-        else:
-            predictions[fold] = predict_ridge(state, features)
+        predictions[fold] = predict_member(cfg, state, vocabulary, inputs)
     return predictions
+
+
+def member_inputs(cfg: Config, texts: list[str]) -> np.ndarray:
+    """What the member fits on, one row per text: the texts themselves for TF-IDF (its vocabulary is each fold's
+    own), else features that do not depend on the fold, computed once."""
+    if cfg.model.kind == "embedding_ridge":
+        return embed(cfg, texts)
+    if cfg.model.kind == "features_gbm":
+        return readability_features(cfg, texts)
+    return np.array(texts, dtype=object)
+
+
+def predict_member(cfg: Config, state: dict, vocabulary: list[str] | None, inputs: np.ndarray) -> np.ndarray:
+    if cfg.model.kind == "tfidf_ridge":
+        return predict_tfidf_ridge(state, vocabulary, inputs)
+    if cfg.model.kind == "features_gbm":
+        return predict_gbm(state, inputs)
+    return predict_ridge(state, inputs)
+
+
+def fit_member(cfg: Config, inputs: np.ndarray, targets: np.ndarray, fold_dir: Path) -> tuple[dict, Callable]:
+    """Fit one fold; write any file besides the checkpoint; return the state and a predictor made from it."""
+    vocabulary = None
+    if cfg.model.kind == "tfidf_ridge":
+        state, vocabulary = fit_tfidf_ridge(inputs, targets, cfg.model.ridge_alpha)
+        artifacts.write_json(vocabulary, fold_dir / "vocabulary.json")
+    elif cfg.model.kind == "features_gbm":
+        state = fit_gbm(inputs, targets, cfg.model.gbm, cfg.seed, cfg.train.threads)
+    else:
+        state = fit_ridge(inputs, targets, cfg.model.ridge_alpha)
+    return state, lambda rows: predict_member(cfg, state, vocabulary, rows)
 
 
 def run_classical(cfg: Config, train_df, test_df, folds: list[int]) -> None:
@@ -104,12 +169,10 @@ def run_classical(cfg: Config, train_df, test_df, folds: list[int]) -> None:
     texts, test_texts = model_inputs(train_df, cfg.data, " "), model_inputs(test_df, cfg.data, " ")
     train_df = train_df.assign(text_length=[len(text) for text in texts])
     tracker, finished = Tracker(cfg, is_main_process=True), artifacts.finished_folds(run_dir)
-    alpha, features, test_features, shared_seconds = cfg.model.ridge_alpha, None, None, 0.0
-    if cfg.model.kind == "embedding_ridge":  # once for all folds: the backbone is frozen
-        tick = time.perf_counter()
-        features, test_features = embed(cfg, texts), embed(cfg, test_texts)
-        # the embedding time is each fold's cost too: shared out, so that training times add up to the wall time
-        shared_seconds = (time.perf_counter() - tick) / max(1, len(set(folds) - set(finished)))
+    tick = time.perf_counter()
+    inputs, test_inputs = member_inputs(cfg, texts), member_inputs(cfg, test_texts)
+    # computing the features is each fold's cost too: shared out, so that fold times add up to the wall time
+    shared_seconds = (time.perf_counter() - tick) / max(1, len(set(folds) - set(finished)))
     for fold in folds:
         if fold in finished:
             print(f"fold {fold}: finished before, kept (overwrite=true fits every fold again)")
@@ -119,15 +182,8 @@ def run_classical(cfg: Config, train_df, test_df, folds: list[int]) -> None:
         valid_rows = np.flatnonzero(train_df["fold"].to_numpy() == fold)
         fold_dir = run_dir / f"fold{fold}"
         fold_dir.mkdir(exist_ok=True)
-        if features is None:
-            state, vocabulary = fit_tfidf_ridge([texts[i] for i in train_rows], targets[train_rows], alpha)
-            artifacts.write_json(vocabulary, fold_dir / "vocabulary.json")
-            valid_pred = predict_tfidf_ridge(state, vocabulary, [texts[i] for i in valid_rows])
-            test_pred = predict_tfidf_ridge(state, vocabulary, test_texts)
-        else:
-            state = fit_ridge(features[train_rows], targets[train_rows], alpha)
-            valid_pred = predict_ridge(state, features[valid_rows])
-            test_pred = predict_ridge(state, test_features)
+        state, predict_rows = fit_member(cfg, inputs[train_rows], targets[train_rows], fold_dir)
+        valid_pred, test_pred = predict_rows(inputs[valid_rows]), predict_rows(test_inputs)
         seconds = time.perf_counter() - tick + shared_seconds
         val_score = score(cfg.metric, targets[valid_rows], valid_pred)
         event = {

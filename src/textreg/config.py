@@ -93,11 +93,22 @@ class DropoutConfig(_Section):
         return self
 
 
+class GBMConfig(_Section):
+    """features_gbm: LightGBM on the readability features, a fixed number of rounds (no early stopping on the
+    validation fold, which would leak it into the CV score)."""
+
+    rounds: int = Field(default=400, ge=1)
+    learning_rate: float = Field(default=0.03, gt=0)
+    num_leaves: int = Field(default=15, ge=2)
+    min_child_samples: int = Field(default=20, ge=1)
+
+
 class ModelConfig(_Section):
-    kind: Literal["transformer", "tfidf_ridge", "embedding_ridge"] = Field(
+    kind: Literal["transformer", "tfidf_ridge", "embedding_ridge", "features_gbm"] = Field(
         default="transformer", description="a fine-tuned backbone, or a classical member for ensembles"
     )
     ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge, embedding_ridge: the ridge penalty")
+    gbm: GBMConfig = Field(default_factory=GBMConfig)
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
     pooling: Literal["cls", "mean", "attention", "weighted_layers"] = "mean"
     reinit_layers: int = Field(default=0, ge=0, description="re-initialise the top k layers of the backbone")
@@ -129,7 +140,7 @@ class TrainConfig(_Section):
     def _yaml_no_is_false(cls, value: object) -> object:
         return "no" if value is False else value  # YAML reads an unquoted `no` as false
 
-    fused_optimizer: bool = Field(default=False, description="fused AdamW kernel instead of foreach")
+    fused_optimizer: bool = Field(default=True, description="fused AdamW kernel; false: foreach")
     compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
     threads: int | None = Field(default=None, ge=1, description="torch threads per process; null: torch's choice")
 

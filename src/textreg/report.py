@@ -1,10 +1,12 @@
-"""Compare experiments without opening W&B: one row per run folder that has a metrics.json."""
+"""Compare experiments without opening W&B: one row per run folder that has a metrics.json, and one row per recipe
+run with several seeds."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from textreg import artifacts
@@ -13,17 +15,44 @@ from textreg.config import Config, UserError, changed_keys
 IGNORED = {"experiment", "folds", "overwrite", "tracking"}
 
 
-def experiments_table(output_dir: Path, default: Config) -> pd.DataFrame:
-    rows = []
+def load_runs(output_dir: Path, default: Config) -> list[dict]:
+    """Each finished run's metrics, its fold histories and the config keys in which it differs from `default`."""
+    runs = []
     for metrics_path in sorted(output_dir.glob("*/metrics.json")):
+        run_dir = metrics_path.parent
         try:
-            artifacts.check_run_format(metrics_path.parent)
+            artifacts.check_run_format(run_dir)
         except UserError:
-            print(f"skipped {metrics_path.parent}: written by another version of the template")
+            print(f"skipped {run_dir}: written by another version of the template")
             continue
         metrics = json.loads(metrics_path.read_text())
-        config = artifacts.load_run_config(metrics_path.parent).to_dict()  # keys added since get their defaults
+        config = artifacts.load_run_config(run_dir).to_dict()  # keys added since get their defaults
         changed = sorted(k for k in changed_keys(default.to_dict(), config) if k.split(".")[0] not in IGNORED)
+        histories = [
+            json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text())["history"]
+            for fold in metrics["folds_done"]
+        ]
+        runs.append({"metrics": metrics, "config": config, "changed": changed, "histories": histories})
+    return runs
+
+
+def curve_stability(histories: list[list[dict]]) -> tuple[float, float]:
+    """Mean over folds of (final - best validation score) and of the mean step-to-step change of the validation
+    score over the second half of training: both 0 for a curve that settles."""
+    gaps, wobbles = [], []
+    for history in histories:
+        scores = np.array([event["val_score"] for event in history])
+        gaps.append(scores[-1] - scores.min())
+        late = scores[len(scores) // 2 :]
+        wobbles.append(np.abs(np.diff(late)).mean() if len(late) > 1 else 0.0)
+    return float(np.mean(gaps)), float(np.mean(wobbles))
+
+
+def experiments_table(runs: list[dict]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        metrics = run["metrics"]
+        gap, wobble = curve_stability(run["histories"])
         rows.append(
             {
                 "experiment": metrics["experiment"],
@@ -31,8 +60,37 @@ def experiments_table(output_dir: Path, default: Config) -> pd.DataFrame:
                 "per fold": " ".join(f"{m['score']:.4f}" for m in metrics["folds"].values()),
                 "fold std": round(metrics["fold_score_std"], 4),
                 "missing folds": ",".join(map(str, metrics["folds_missing"])) or "-",
+                "final-best": round(gap, 4),
+                "late wobble": round(wobble, 4),
                 "train s": metrics["train_seconds"],
-                "differs from default": ", ".join(_describe(k, config) for k in changed) or "-",
+                "differs from default": ", ".join(_describe(k, run["config"]) for k in run["changed"]) or "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seeds_table(runs: list[dict]) -> pd.DataFrame:
+    """Runs that differ only in `seed` pooled: mean and std of the fold scores over every fold of every seed."""
+    recipes: dict[str, list[dict]] = {}
+    for run in runs:
+        recipe = ", ".join(_describe(k, run["config"]) for k in run["changed"] if k != "seed") or "default"
+        recipes.setdefault(recipe, []).append(run)
+    rows = []
+    for recipe, members in recipes.items():
+        if len({run["config"]["seed"] for run in members}) < 2:
+            continue
+        scores = [fold["score"] for run in members for fold in run["metrics"]["folds"].values()]
+        gap, wobble = curve_stability([h for run in members for h in run["histories"]])
+        rows.append(
+            {
+                "recipe": recipe,
+                "seeds": " ".join(str(run["config"]["seed"]) for run in members),
+                "folds x seeds": len(scores),
+                "mean fold score": round(float(np.mean(scores)), 4),
+                "std": round(float(np.std(scores)), 4),
+                "final-best": round(gap, 4),
+                "late wobble": round(wobble, 4),
+                "train s per fold": round(sum(run["metrics"]["train_seconds"] for run in members) / len(scores), 1),
             }
         )
     return pd.DataFrame(rows)
