@@ -7,10 +7,11 @@ RMSE reached, the ratios to the plain loop, and the pipeline's model-FLOPs utili
 measured matmul peak.
 
     python benchmarks/throughput.py                      # default config, 40 steps, each method twice
-    python benchmarks/throughput.py --methods pipeline train.compile=true   # one option's effect
+    python benchmarks/throughput.py --variant train.compile=true --variant train.length_bucketing=false
 
-Timings on a shared machine move by 10-15% from run to run: each method runs `--repeats` times, interleaved, and the
-table shows the median.
+Timings on a shared machine drift by 10-30% within minutes: each method and each pipeline variant (the pipeline
+with one option changed) runs `--repeats` times, interleaved, the table shows the median, and options are compared
+only within one run of this command.
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ def fold_data(cfg, eval_rows: int) -> dict:
     texts = model_inputs(df, cfg.data, separator(tokenizer))
     targets = df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     valid = np.flatnonzero(df["fold"].to_numpy() == 0)[:eval_rows]
+    train = np.flatnonzero(df["fold"].to_numpy() != 0)
+    ids = tokenize(tokenizer, [texts[i] for i in train], cfg.model.max_len)
     return {
         "texts": texts,
         "targets": targets,
-        "train": np.flatnonzero(df["fold"].to_numpy() != 0),
+        "train": train,
+        "mean_tokens": float(np.mean([len(row) for row in ids])),  # the real ones: padding is no useful work
         "valid": valid,
         "tokenizer": tokenizer,
         "model": lambda: build_model(cfg.model, targets.shape[1], path, backbone_config),
@@ -88,7 +92,8 @@ def run_plain(cfg, data: dict, steps: int) -> dict:
             rows = torch.from_numpy(valid[start : start + t.eval_batch_size])
             preds.append(model(enc["input_ids"][rows], enc["attention_mask"][rows]))
     infer_seconds = time.perf_counter() - tick
-    return result(steps * t.batch_size / train_seconds, len(valid) / infer_seconds, data, torch.cat(preds).numpy())
+    preds = torch.cat(preds).numpy()
+    return result(steps * t.batch_size / train_seconds, len(valid) / infer_seconds, data, preds, model, "no")
 
 
 class WithLoss(nn.Module):
@@ -144,7 +149,8 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
     tick = time.perf_counter()
     preds = trainer.predict(rows(data["valid"])).predictions
     infer_seconds = time.perf_counter() - tick
-    return result(steps * t.batch_size / train_seconds, len(data["valid"]) / infer_seconds, data, preds)
+    infer_sps = len(data["valid"]) / infer_seconds
+    return result(steps * t.batch_size / train_seconds, infer_sps, data, preds, trainer.model.model, precision)
 
 
 def run_pipeline(cfg, data: dict, steps: int) -> dict:
@@ -169,23 +175,28 @@ def run_pipeline(cfg, data: dict, steps: int) -> dict:
     tick = time.perf_counter()
     preds = predict(accelerator, model, accelerator.prepare(loaders["valid"]), len(ids))[data["valid"]]
     infer_seconds = time.perf_counter() - tick
-    out = result(fold.train_samples_per_second, len(data["valid"]) / infer_seconds, data, preds)
-    tokens = np.mean([len(ids[i]) for i in data["train"]])
-    out["model_tflops"] = 6 * non_embedding_params(model) * tokens * out["train_samples_per_second"] / 1e12
-    out["precision"] = accelerator.mixed_precision
-    return out
+    infer_sps = len(data["valid"]) / infer_seconds
+    return result(fold.train_samples_per_second, infer_sps, data, preds, model, accelerator.mixed_precision)
 
 
 def non_embedding_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
 
 
-def result(train_sps: float, infer_sps: float, data: dict, preds) -> dict:
+def result(train_sps: float, infer_sps: float, data: dict, preds, model: nn.Module, precision: str) -> dict:
+    """Speeds, RMSE, peak memory, and model-FLOPs utilisation: the useful training FLOPs per second (6 x parameters
+    x real tokens) against this machine's matmul peak in the run's precision, measured right after the run."""
+    model_tflops = 6 * non_embedding_params(model) * data["mean_tokens"] * train_sps / 1e12
+    peak = matmul_peak_tflops(torch.bfloat16 if precision == "bf16" else torch.float32)
     return {
         "train_samples_per_second": train_sps,
         "infer_samples_per_second": infer_sps,
         "val_rmse": score("rmse", data["targets"][data["valid"]], np.asarray(preds, dtype=np.float64)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "model_tflops": model_tflops,
+        "matmul_peak_tflops": peak,
+        "mfu": model_tflops / peak,
+        "precision": precision,
     }
 
 
@@ -205,9 +216,9 @@ def methods_list(text: str) -> list[str]:
     return methods
 
 
-def run_child(args: argparse.Namespace, method: str) -> dict:
+def run_child(args: argparse.Namespace, method: str, variant: str = "") -> dict:
     cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps)]
-    cmd += ["--eval-rows", str(args.eval_rows), "--method", method, *args.overrides]
+    cmd += ["--eval-rows", str(args.eval_rows), "--method", method, *args.overrides, *variant.split()]
     child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if child.returncode != 0:
         sys.exit(f"{method} failed:\n{child.stderr[-2000:]}")
@@ -216,7 +227,7 @@ def run_child(args: argparse.Namespace, method: str) -> dict:
 
 def median_results(runs: list[dict]) -> dict:
     out = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "precision"}
-    out["precision"] = runs[0].get("precision")
+    out["precision"] = runs[0]["precision"]
     return out
 
 
@@ -227,16 +238,18 @@ def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None
         f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs; "
         f"overrides: {' '.join(args.overrides) or 'none'}"
     )
+    width = max(len(name) for name in results)
     print(
-        f"{'method':<10} {'train samples/s':>16} {'x plain':>8} {'infer samples/s':>16} {'x plain':>8} "
-        f"{'peak MB':>8} {'val RMSE':>9}"
+        f"{'method':<{width}} {'train samples/s':>16} {'x plain':>8} {'infer samples/s':>16} {'x plain':>8} "
+        f"{'peak MB':>8} {'val RMSE':>9} {'precision':>9} {'MFU':>5}"
     )
     for method, r in results.items():
         train_ratio = r["train_samples_per_second"] / base["train_samples_per_second"] if base else float("nan")
         infer_ratio = r["infer_samples_per_second"] / base["infer_samples_per_second"] if base else float("nan")
         print(
-            f"{method:<10} {r['train_samples_per_second']:>16.2f} {train_ratio:>8.2f} "
-            f"{r['infer_samples_per_second']:>16.2f} {infer_ratio:>8.2f} {r['peak_rss_mb']:>8.0f} {r['val_rmse']:>9.4f}"
+            f"{method:<{width}} {r['train_samples_per_second']:>16.2f} {train_ratio:>8.2f} "
+            f"{r['infer_samples_per_second']:>16.2f} {infer_ratio:>8.2f} {r['peak_rss_mb']:>8.0f} "
+            f"{r['val_rmse']:>9.4f} {r['precision']:>9} {r['mfu']:>5.0%}"
         )
 
 
@@ -249,6 +262,9 @@ def main() -> None:
         "--methods", type=methods_list, default=list(METHODS), help=f"comma-separated, of {','.join(METHODS)}"
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each method, interleaved; the median counts")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="the pipeline again with these overrides (repeatable)"
+    )
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
     args = parser.parse_args()
@@ -259,21 +275,16 @@ def main() -> None:
         runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[args.method]
         print("RESULT " + json.dumps(runner(cfg, data, args.steps)))
         return
-    runs: dict[str, list[dict]] = {method: [] for method in args.methods}
+    rows = [(method, method, "") for method in args.methods]
+    rows += [(f"pipeline {variant}", "pipeline", variant) for variant in args.variant]
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
     for _ in range(args.repeats):
-        for method in args.methods:
-            runs[method].append(run_child(args, method))
+        for name, method, variant in rows:
+            runs[name].append(run_child(args, method, variant))
     results = {method: median_results(method_runs) for method, method_runs in runs.items()}
     print_table(cfg, args, results)
-    if "pipeline" in results:
-        pipe = results["pipeline"]
-        peaks = {name: matmul_peak_tflops(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        peak = peaks["bf16" if pipe["precision"] == "bf16" else "fp32"]
-        print(
-            f"matmul peak: fp32 {peaks['fp32']:.3f} TFLOP/s, bf16 {peaks['bf16']:.3f} TFLOP/s; pipeline "
-            f"({pipe['precision']}) {pipe['model_tflops']:.3f} TFLOP/s of model FLOPs = "
-            f"{pipe['model_tflops'] / peak:.0%} MFU"
-        )
+    peaks = {f"{r['matmul_peak_tflops']:.3f}" for r in results.values() if r["precision"] != "bf16"}
+    print(f"fp32 matmul peak measured after each run (TFLOP/s): {', '.join(sorted(peaks))}")
 
 
 if __name__ == "__main__":
