@@ -283,8 +283,11 @@ def main() -> None:
             runs[name].append(run_child(args, method, variant))
     results = {method: median_results(method_runs) for method, method_runs in runs.items()}
     print_table(cfg, args, results)
-    peaks = {f"{r['matmul_peak_tflops']:.3f}" for r in results.values() if r["precision"] != "bf16"}
-    print(f"fp32 matmul peak measured after each run (TFLOP/s): {', '.join(sorted(peaks))}")
+    after_runs = sorted(f"{r['matmul_peak_tflops']:.3f}" for r in results.values() if r["precision"] != "bf16")
+    print(
+        f"matmul peak now: fp32 {matmul_peak_tflops(torch.float32):.3f} TFLOP/s, bf16 "
+        f"{matmul_peak_tflops(torch.bfloat16):.3f} TFLOP/s; fp32 peak after each run: {', '.join(after_runs)}"
+    )
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys
 def test_report_pools_seeds_of_one_recipe(make_config, tmp_path, capsys):
     config = make_config()
     for seed in (1, 2):
-        train(config, f"experiment=tiny-seed{seed}", f"seed={seed}", "train.lr=0.001")
-    train(config, "experiment=other", "train.lr=0.002")  # one seed only: no pooled row
+        train(config, f"experiment=tiny-seed{seed}", f"seed={seed}", "train.lr=0.001", "folds=[0]")
+    train(config, "experiment=other", "train.lr=0.002", "folds=[0]")  # one seed only: no pooled row
     assert report.main(["--outputs", str(tmp_path / "outputs"), "--default", str(config)]) == 0
     out = capsys.readouterr().out
     pooled = out.split("Over seeds")[1].splitlines()[2:]
