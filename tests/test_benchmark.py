@@ -28,6 +28,6 @@ def test_benchmark_prints_its_table(competition, backbones):
     }
     assert set(rows) == {"plain", "trainer", "pipeline", variant}
     for method, row in rows.items():
-        assert float(row[-8]) > 0 and float(row[-6]) > 0, method  # samples/s, train and inference
-        assert row[-1].endswith("%") and row[-2] == "no", method  # MFU, precision
-    assert rows["plain"][-7] == "1.00"
+        assert float(row[-9]) > 0 and float(row[-7]) > 0, method  # samples/s, train and inference
+        assert row[-1].endswith("%") and float(row[-2]) > 0 and row[-3] == "no", method  # MFU, peak, precision
+    assert rows["plain"][-8] == "1.00"
