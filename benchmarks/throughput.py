@@ -51,12 +51,13 @@ def fold_data(cfg, eval_rows: int) -> dict:
     targets = df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     valid = np.flatnonzero(df["fold"].to_numpy() == 0)[:eval_rows]
     train = np.flatnonzero(df["fold"].to_numpy() != 0)
-    ids = tokenize(tokenizer, [texts[i] for i in train], cfg.model.max_len)
+    ids = tokenize(tokenizer, texts, cfg.model.max_len)  # once, for Trainer and the pipeline (the plain loop pads)
     return {
         "texts": texts,
+        "ids": ids,
         "targets": targets,
         "train": train,
-        "mean_tokens": float(np.mean([len(row) for row in ids])),  # the real ones: padding is no useful work
+        "mean_tokens": float(np.mean([len(ids[i]) for i in train])),  # the real ones: padding is no useful work
         "valid": valid,
         "tokenizer": tokenizer,
         "model": lambda: build_model(cfg.model, targets.shape[1], path, backbone_config),
@@ -113,7 +114,7 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     t, tok = cfg.train, data["tokenizer"]
-    ids = tokenize(tok, data["texts"], cfg.model.max_len)
+    ids = data["ids"]
 
     def rows(index):
         return [{"input_ids": ids[i], "labels": data["targets"][i].tolist()} for i in index]
@@ -162,7 +163,7 @@ def run_pipeline(cfg, data: dict, steps: int) -> dict:
     )
     if t.threads:
         torch.set_num_threads(t.threads)
-    ids = tokenize(data["tokenizer"], data["texts"], cfg.model.max_len)
+    ids = data["ids"]
     collate = Collator(data["tokenizer"].pad_token_id)
     train_set = TextDataset(ids, data["train"], data["targets"])
     loaders = {
