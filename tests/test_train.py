@@ -88,6 +88,28 @@ def test_single_folds_run_apart_then_merge(make_config, competition, tmp_path):
     check_run(run_dir, competition, tmp_path / "submissions" / "tiny.csv")
 
 
+def test_late_validation_start_skips_early_validations_and_changes_nothing_else(make_config, tmp_path):
+    # Bucketed batch order depends on seed and epoch alone and dropout is off, so validating less often must
+    # leave the training path, and the scores at the steps both runs validate, exactly as they were.
+    histories = {}
+    for start in (0.0, 0.5):
+        config = make_config(
+            name=f"start{start}.yaml",
+            experiment=f"start{start}",
+            folds=[0],
+            train__epochs=3,
+            train__max_steps=8,
+            train__eval_every=2,
+            train__eval_start=start,
+        )
+        result = run_train(config)
+        assert result.returncode == 0, result.stderr
+        fold = json.loads((tmp_path / "outputs" / f"start{start}" / "fold0" / "metrics.json").read_text())
+        histories[start] = {event["step"]: event["val_score"] for event in fold["history"]}
+    assert list(histories[0.0]) == [2, 4, 6, 8] and list(histories[0.5]) == [4, 6, 8]
+    assert all(histories[0.5][step] == histories[0.0][step] for step in (4, 6, 8))
+
+
 def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys):
     config = make_config()
     run_dir = tmp_path / "outputs" / "tiny"

@@ -132,6 +132,9 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(default=1.0, gt=0)
     grad_accum: int = Field(default=1, ge=1)
     eval_every: int = Field(default=40, ge=1, description="optimizer steps between validations")
+    eval_start: float = Field(
+        default=0.0, ge=0, lt=1, description="share of the training steps before the first validation"
+    )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     length_bucketing: bool = Field(default=True, description="batches of similar lengths: less padding")
 

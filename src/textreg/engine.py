@@ -111,8 +111,8 @@ def train_fold(
     n_test: int,
     on_validation: Callable[[dict], None] = lambda event: None,
 ) -> FoldResult:
-    """Train one fold, validating every `eval_every` optimizer steps; keep the weights of the best step (lowest
-    `metric`)."""
+    """Train one fold, validating every `eval_every` optimizer steps once `eval_start` of the steps are done, and
+    at the last step; keep the weights of the best step (lowest `metric`)."""
     optimizer = build_optimizer(model, train)
     if train.compile:
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
@@ -185,7 +185,8 @@ def train_fold(
                 continue
             step += accelerator.num_processes
             bar.update(accelerator.num_processes)
-            if step % train.eval_every < accelerator.num_processes or step >= total_steps:
+            due = step % train.eval_every < accelerator.num_processes and step >= train.eval_start * total_steps
+            if due or step >= total_steps:
                 train_seconds += time.perf_counter() - tick
                 validate()
                 tick = time.perf_counter()
