@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import lightgbm
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -83,6 +82,8 @@ def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int
         "num_threads": threads or 0,
         "verbosity": -1,
     }
+    import lightgbm  # imported only for this member: a transformer run (or a GPU image without it) never needs it
+
     state = {}
     for j in range(targets.shape[1]):
         data = lightgbm.Dataset(features, targets[:, j], feature_name=list(FEATURES))
@@ -92,6 +93,8 @@ def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int
 
 
 def predict_gbm(state: dict, features: np.ndarray) -> np.ndarray:
+    import lightgbm
+
     boosters = [lightgbm.Booster(model_str=bytes(state[f"booster{j}"].numpy()).decode()) for j in range(len(state))]
     return np.stack([booster.predict(features) for booster in boosters], axis=1)
 
