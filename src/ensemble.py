@@ -22,7 +22,7 @@ def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir:
         if unknown or "members" not in spec:
             raise UserError(f"{sources[0]}: an ensemble file has `name` and `members` (got {sorted(spec)})")
         sources, name = [Path(p) for p in spec["members"]], name or spec.get("name")
-    name = name or "+".join(p.name for p in sources)
+    name = name or ensemble.default_name(sources)
     report = ensemble.build(sources, name, output_dir, submission_dir)
     metric = report["metric"]
     print(f"{'member':<40} CV {metric}")

@@ -12,7 +12,7 @@ from wandb_offline import read_runs
 import ensemble as ensemble_cli
 import predict as predict_cli
 from textreg.config import UserError
-from textreg.ensemble import METHODS, nested_oof
+from textreg.ensemble import METHODS, default_name, nested_oof
 from textreg.submission import check_submission, make_submission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +85,15 @@ def train(config: Path, *overrides: str) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_default_name_of_many_members_stays_short_and_tells_member_lists_apart():
+    few = [Path("outputs/minilm"), Path("outputs/tfidf")]
+    assert default_name(few) == "minilm+tfidf"
+    many = [Path(f"outputs/study-recipe-reinit-top2_epochs-4-seed{seed}") for seed in range(9)]
+    name = default_name(many)
+    assert len(name) <= 100 and name.startswith("study-recipe-reinit-top2_epochs-4-seed0+8-more-")
+    assert default_name(many[::-1]) != name and default_name(many[:-1] + [Path("other")]) != name
 
 
 def test_two_experiments_to_a_submission_and_back_from_saved_weights(make_config, competition, tmp_path, capsys):

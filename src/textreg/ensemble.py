@@ -7,6 +7,7 @@ held-out fold, so that a method is not rewarded for fitting the OOF noise.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,15 @@ def apply(blends: dict, member_predictions: dict[str, pd.DataFrame], targets: li
             sum(w * member_predictions[name][t].to_numpy() for name, w in weights.items()) + blends[t]["intercept"]
         )
     return np.column_stack(columns)
+
+
+def default_name(run_dirs: list[Path], limit: int = 100) -> str:
+    """The members' names joined by '+'; for many members the first name, the count and a digest of them all
+    (file names have a length limit, and two different member lists must not share a folder)."""
+    joined = "+".join(p.name for p in run_dirs)
+    if len(joined) <= limit:
+        return joined
+    return f"{run_dirs[0].name[: limit // 2]}+{len(run_dirs) - 1}-more-{hashlib.sha1(joined.encode()).hexdigest()[:8]}"
 
 
 def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Path) -> dict:
