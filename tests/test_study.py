@@ -59,10 +59,12 @@ def fake_run(run_dir: Path, curves: list[list[float]]) -> None:
 
 
 def test_the_seeds_of_a_setting_are_pooled_and_unfinished_runs_left_out(tmp_path):
-    runs = [Run(f"r{i}", setting, "c.yaml", ()) for i, setting in enumerate(["base", "base", "other"])]
+    runs = [Run(f"r{i}", setting, "c.yaml", ()) for i, setting in enumerate(["base", "base", "base"])]
     fake_run(tmp_path / "r0", [[0.7, 0.5, 0.6], [0.8, 0.6, 0.6]])  # CV 0.55
     fake_run(tmp_path / "r1", [[0.7, 0.3, 0.3], [0.8, 0.6, 0.7]])  # CV 0.45
-    (tmp_path / "r2").mkdir()  # started, nothing finished
+    fake_run(tmp_path / "r2", [[0.9, 0.8]])
+    metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    (tmp_path / "r2" / "metrics.json").write_text(json.dumps({**metrics, "folds_missing": [1]}))  # one fold of two
     rows = summarize(Study("t", "base", runs), {run.name: tmp_path / run.name for run in runs})
     assert len(rows) == 1
     row = rows[0]

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def queue(studies: list[Study]) -> list[Run]:
     return list(runs.values())
 
 
-def run_all(runs: list[Run], parallel: int, overrides: list[str], log_dir: Path, on_finish=None) -> dict[str, int]:
+def run_all(
+    runs: list[Run], parallel: int, overrides: list[str], log_dir: Path, on_finish: Callable[[], object] | None = None
+) -> dict[str, int]:
     """Train the runs, `parallel` processes at a time; return each run's exit code. A failed run stops no other."""
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, running, codes = list(runs), {}, {}
@@ -96,15 +99,12 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
     against the baseline, and the curve stability of `src/report.py`."""
     rows = {}
     for setting in dict.fromkeys(run.setting for run in study.runs):
-        finished = [
-            run_dirs[run.name]
-            for run in study.runs
-            if run.setting == setting and (run_dirs[run.name] / "metrics.json").is_file()
-        ]
-        metrics = [json.loads((run_dir / "metrics.json").read_text()) for run_dir in finished]
-        metrics = [m for m in metrics if not m["folds_missing"]]
-        if not metrics:
+        started = [run_dirs[run.name] for run in study.runs if run.setting == setting]
+        finished = {d: json.loads((d / "metrics.json").read_text()) for d in started if (d / "metrics.json").is_file()}
+        finished = {d: m for d, m in finished.items() if not m["folds_missing"]}  # every fold, or not counted
+        if not finished:
             continue
+        metrics = list(finished.values())
         folds = [f for run_dir in finished for f in _fold_metrics(run_dir)]
         final_minus_best, late_wobble = curve_stability([f["history"] for f in folds])
         rows[setting] = {
