@@ -130,7 +130,7 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
 
 def markdown(study: Study, rows: list[dict]) -> str:
     lines = [
-        f"| {study.name} | seeds | CV RMSE | fold std | vs {study.baseline} | folds better "
+        f"| {study.name} setting | seeds | CV RMSE | fold std | vs {study.baseline} | folds better "
         "| final - best | late wobble | best steps | train s / run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
