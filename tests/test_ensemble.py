@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import train_in_process
 from wandb_offline import read_runs
 
 import ensemble as ensemble_cli
@@ -98,8 +99,8 @@ def test_the_default_name_of_many_members_stays_short_and_tells_member_lists_apa
 
 def test_two_experiments_to_a_submission_and_back_from_saved_weights(make_config, competition, tmp_path, capsys):
     config = make_config()
-    train(config)
-    train(config, "experiment=tfidf", "model.kind=tfidf_ridge")
+    train_in_process(config)
+    train_in_process(config, "experiment=tfidf", "model.kind=tfidf_ridge")
     outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
     args = ["--outputs", str(outputs), "--submissions", str(submissions)]
     assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "tfidf"), "--name", "blend", *args]) == 0
@@ -138,8 +139,8 @@ def test_the_ensemble_is_a_wandb_run_when_tracking_is_on(make_config, tmp_path):
 
 def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsys):
     config = make_config()
-    train(config, "model.kind=tfidf_ridge")
-    train(config, "experiment=other-folds", "model.kind=tfidf_ridge", "cv.seed=1")
+    train_in_process(config, "model.kind=tfidf_ridge")
+    train_in_process(config, "experiment=other-folds", "model.kind=tfidf_ridge", "cv.seed=1")
     outputs = tmp_path / "outputs"
     code = ensemble_cli.main([str(outputs / "tiny"), str(outputs / "other-folds"), "--outputs", str(outputs)])
     assert code == 2
@@ -149,7 +150,7 @@ def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsy
 
 @pytest.mark.parametrize("kind", ["tfidf_ridge", "embedding_ridge", "features_gbm"])
 def test_classical_members_predict_again_what_they_predicted_at_fit_time(make_config, competition, tmp_path, kind):
-    train(make_config(), f"model.kind={kind}")
+    train_in_process(make_config(), f"model.kind={kind}")
     run_dir = tmp_path / "outputs" / "tiny"
     assert predict_cli.main([str(run_dir), "--input", str(competition / "test.csv")]) == 0
     predicted = pd.read_csv(run_dir / "predictions" / "test.csv").set_index("id")

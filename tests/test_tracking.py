@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import train_in_process
 from wandb_offline import read_runs
 
 import report
@@ -77,7 +78,7 @@ def test_only_the_main_process_tracks(make_config):
 
 
 def test_plots_exist_and_are_not_blank(make_config, tmp_path):
-    train(make_config())
+    train_in_process(make_config())
     plots = json.loads((tmp_path / "outputs" / "tiny" / "metrics.json").read_text())["plots"]
     assert set(plots) == {"oof_vs_target", "validation_curves", "residual_by_length"}
     for path in plots.values():
@@ -87,10 +88,11 @@ def test_plots_exist_and_are_not_blank(make_config, tmp_path):
 
 def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys):
     config = make_config()
-    train(config)
-    train(config, "experiment=tiny-lr", "train.lr=0.001")
+    train_in_process(config)
+    train_in_process(config, "experiment=tiny-lr", "train.lr=0.001")
     (tmp_path / "outputs" / "old").mkdir()
     (tmp_path / "outputs" / "old" / "metrics.json").write_text('{"cv_rmse": 0.5}')  # no run.json: another version
+    capsys.readouterr()  # what the training runs printed
     assert report.main(["--outputs", str(tmp_path / "outputs"), "--default", str(config)]) == 0
     out = capsys.readouterr().out
     assert "skipped" in out.splitlines()[0] and "another version" in out.splitlines()[0]
@@ -105,8 +107,8 @@ def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys
 def test_report_pools_seeds_of_one_recipe(make_config, tmp_path, capsys):
     config = make_config()
     for seed in (1, 2):
-        train(config, f"experiment=tiny-seed{seed}", f"seed={seed}", "train.lr=0.001", "folds=[0]")
-    train(config, "experiment=other", "train.lr=0.002", "folds=[0]")  # one seed only: no pooled row
+        train_in_process(config, f"experiment=tiny-seed{seed}", f"seed={seed}", "train.lr=0.001", "folds=[0]")
+    train_in_process(config, "experiment=other", "train.lr=0.002", "folds=[0]")  # one seed only: no pooled row
     assert report.main(["--outputs", str(tmp_path / "outputs"), "--default", str(config)]) == 0
     out = capsys.readouterr().out
     pooled = out.split("Over seeds")[1].splitlines()[2:]

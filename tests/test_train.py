@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import train_in_process
 from safetensors.torch import load_file
 
 import merge
@@ -73,18 +74,15 @@ def test_debug_config_end_to_end(make_config, competition, tmp_path, overrides):
 def test_single_folds_run_apart_then_merge(make_config, competition, tmp_path):
     config = make_config()
     run_dir = tmp_path / "outputs" / "tiny"
-    first = run_train(config, "folds=[1]")
-    assert first.returncode == 0, first.stderr
+    train_in_process(config, "folds=[1]")
     assert json.loads((run_dir / "metrics.json").read_text())["folds_missing"] == [0]
     assert not (tmp_path / "submissions" / "tiny.csv").exists()  # no submission from half the folds
     fold1_model = (run_dir / "fold1" / "model.safetensors").read_bytes()
-    second = run_train(config, "folds=[0]")
-    assert second.returncode == 0, second.stderr
+    train_in_process(config, "folds=[0]")
     assert (run_dir / "fold1" / "model.safetensors").read_bytes() == fold1_model
     check_run(run_dir, competition, tmp_path / "submissions" / "tiny.csv")
     (run_dir / "metrics.json").unlink()
-    merged = subprocess.run([sys.executable, "src/merge.py", str(run_dir)], cwd=REPO, capture_output=True, text=True)
-    assert merged.returncode == 0, merged.stderr
+    assert merge.main([str(run_dir)]) == 0
     check_run(run_dir, competition, tmp_path / "submissions" / "tiny.csv")
 
 
@@ -102,8 +100,7 @@ def test_late_validation_start_skips_early_validations_and_changes_nothing_else(
             train__eval_every=2,
             train__eval_start=start,
         )
-        result = run_train(config)
-        assert result.returncode == 0, result.stderr
+        train_in_process(config)
         fold = json.loads((tmp_path / "outputs" / f"start{start}" / "fold0" / "metrics.json").read_text())
         histories[start] = {event["step"]: event["val_score"] for event in fold["history"]}
     assert list(histories[0.0]) == [2, 4, 6, 8] and list(histories[0.5]) == [4, 6, 8]
