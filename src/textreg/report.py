@@ -28,12 +28,17 @@ def load_runs(output_dir: Path, default: Config) -> list[dict]:
         metrics = json.loads(metrics_path.read_text())
         config = artifacts.load_run_config(run_dir).to_dict()  # keys added since get their defaults
         changed = sorted(k for k in changed_keys(default.to_dict(), config) if k.split(".")[0] not in IGNORED)
-        histories = [
-            json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text())["history"]
-            for fold in metrics["folds_done"]
-        ]
-        runs.append({"metrics": metrics, "config": config, "changed": changed, "histories": histories})
+        runs.append(
+            {"metrics": metrics, "config": config, "changed": changed, "histories": fold_histories(run_dir, metrics)}
+        )
     return runs
+
+
+def fold_histories(run_dir: Path, metrics: dict) -> list[list[dict]]:
+    """The validation curve of each finished fold of a run (`history` in its fold<k>/metrics.json)."""
+    return [
+        json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text())["history"] for fold in metrics["folds_done"]
+    ]
 
 
 def curve_stability(histories: list[list[dict]]) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from textreg.config import UserError
-from textreg.report import curve_stability
+from textreg.report import curve_stability, fold_histories
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -83,15 +83,12 @@ def run_all(
         for name, (process, log) in list(running.items()):
             if process.poll() is not None:
                 log.close()
-                codes[name] = running.pop(name)[0].returncode
+                del running[name]
+                codes[name] = process.returncode
                 print(f"finished {name}: exit {codes[name]}", flush=True)
                 if on_finish:
                     on_finish()
     return codes
-
-
-def _fold_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("fold*/metrics.json"))]
 
 
 def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
@@ -105,8 +102,8 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
         if not finished:
             continue
         metrics = list(finished.values())
-        folds = [f for run_dir in finished for f in _fold_metrics(run_dir)]
-        final_minus_best, late_wobble = curve_stability([f["history"] for f in folds])
+        folds = [f for m in metrics for f in m["folds"].values()]
+        final_minus_best, late_wobble = curve_stability([h for d, m in finished.items() for h in fold_histories(d, m)])
         rows[setting] = {
             "setting": setting,
             "seeds": len(metrics),
