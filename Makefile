@@ -7,7 +7,7 @@ COMPETITION ?= commonlitreadabilityprize
 LAUNCH_ARGS ?=
 ARGS ?=
 
-.PHONY: setup venv data train test lint
+.PHONY: setup venv data train test test-fast lint
 
 setup: venv data
 
@@ -30,6 +30,10 @@ train: setup
 test: venv
 	-@bash scripts/get_data.sh $(COMPETITION) input/$(COMPETITION)
 	$(BIN)/python -m pytest $(ARGS)
+
+# Everything but the tests marked slow (subprocesses, several processes, notebooks, compile): a few minutes.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader  # noqa: E402
 from textreg.config import load_config  # noqa: E402
 from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
-from textreg.engine import choose_mixed_precision, predict, train_fold  # noqa: E402
+from textreg.engine import predict, train_fold  # noqa: E402
+from textreg.hardware import choose_mixed_precision, cpu_supports_bf16, set_threads  # noqa: E402
 from textreg.metrics import score  # noqa: E402
 from textreg.model import build_model, load_backbone_config, load_tokenizer  # noqa: E402
 
@@ -132,6 +133,7 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
         max_grad_norm=t.grad_clip or 0.0,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),  # else bf16 on a CPU is refused ("doesn't support bf16/gpu")
         report_to=[],
         save_strategy="no",
         logging_strategy="no",
@@ -161,10 +163,8 @@ def run_pipeline(cfg, data: dict, steps: int) -> dict:
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=choose_mixed_precision(t.mixed_precision)
     )
-    if t.threads:
-        torch.set_num_threads(t.threads)
     ids = data["ids"]
-    collate = Collator(data["tokenizer"].pad_token_id)
+    collate = Collator(data["tokenizer"].pad_token_id, t.pad_to_multiple_of)
     train_set = TextDataset(ids, data["train"], data["targets"])
     loaders = {
         "train": train_loader(train_set, t.batch_size, cfg.seed, t.length_bucketing, collate),
@@ -201,12 +201,20 @@ def result(train_sps: float, infer_sps: float, data: dict, preds, model: nn.Modu
     }
 
 
-def matmul_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak_tflops(dtype: torch.dtype, repeats: int = 10) -> float:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Without bf16 hardware (no AVX512-BF16 or AMX) a 2048-square bf16 matmul takes minutes on a CPU: a smaller
+    # one still tells how slow bf16 is there.
+    n = 256 if dtype == torch.bfloat16 and device == "cpu" and not cpu_supports_bf16() else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
     tick = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
     return 2 * n**3 * repeats / (time.perf_counter() - tick) / 1e12
 
 
@@ -272,6 +280,7 @@ def main() -> None:
     cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
     if args.method:
         torch.manual_seed(cfg.seed)
+        set_threads(cfg.train.threads)  # every method on the same threads
         data = fold_data(cfg, args.eval_rows)
         runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[args.method]
         print("RESULT " + json.dumps(runner(cfg, data, args.steps)))

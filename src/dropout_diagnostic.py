@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 
 from textreg import artifacts
 from textreg.batching import Collator, separator, tokenize
-from textreg.config import load_config, run_reporting_user_errors
+from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
+from textreg.errors import run_reporting_user_errors
 from textreg.model import build_model, load_backbone_config, load_tokenizer
 
 

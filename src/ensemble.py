@@ -11,8 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from textreg import artifacts, ensemble
-from textreg.config import UserError, run_reporting_user_errors
+from textreg import blending
+from textreg.errors import UserError, run_reporting_user_errors
+from textreg.files import write_csv
 
 
 def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir: Path) -> None:
@@ -22,8 +23,8 @@ def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir:
         if unknown or "members" not in spec:
             raise UserError(f"{sources[0]}: an ensemble file has `name` and `members` (got {sorted(spec)})")
         sources, name = [Path(p) for p in spec["members"]], name or spec.get("name")
-    name = name or ensemble.default_name(sources)
-    report = ensemble.build(sources, name, output_dir, submission_dir)
+    name = name or blending.default_name(sources)
+    report = blending.build(sources, name, output_dir, submission_dir)
     metric = report["metric"]
     print(f"{'member':<40} CV {metric}")
     for member, value in report["members"].items():
@@ -41,12 +42,11 @@ def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir:
 
 
 def apply(weights: Path, input_path: Path, output: Path, sample: Path | None) -> None:
-    result = ensemble.predict_with_weights(weights, input_path)
+    result = blending.predict_with_weights(weights, input_path)
     id_column = result.columns[0]
     if sample is not None:
-        result = ensemble.check_against_sample(result, sample, id_column)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_csv(result, output)
+        result = blending.check_against_sample(result, sample, id_column)
+    write_csv(result, output)
     print(f"{len(result)} predictions written to {output}")
 
 

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from textreg.config import run_reporting_user_errors
+from textreg.errors import run_reporting_user_errors
 from textreg.pipeline import finish_experiment
 
 

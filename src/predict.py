@@ -10,15 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from textreg.artifacts import write_csv
-from textreg.config import run_reporting_user_errors
+from textreg.errors import run_reporting_user_errors
+from textreg.files import write_csv
 from textreg.inference import predict_file
 
 
 def run(run_dir: Path, input_path: Path, output: Path | None) -> None:
     result = predict_file(run_dir, input_path)
     output = output or run_dir / "predictions" / input_path.name
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_csv(result, output)
     print(f"{len(result)} predictions written to {output}")
 

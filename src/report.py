@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from textreg.config import load_config, run_reporting_user_errors
-from textreg.report import experiments_table, load_runs, seeds_table
+from textreg.config import load_config
+from textreg.errors import run_reporting_user_errors
+from textreg.experiments import experiments_table, load_runs, seeds_table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from textreg.config import UserError, load_config, run_reporting_user_errors
-from textreg.study import load_study, queue, run_all, write_summaries
+from textreg.config import load_config
+from textreg.errors import UserError, run_reporting_user_errors
+from textreg.studies import load_study, queue, run_all, write_summaries
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,5 +154,5 @@ def write_config(path: Path, data_dir: Path, backbone: Path, **overrides) -> Pat
 
 def train_in_process(config: Path, *overrides: str) -> None:
     """A training run in the test's own process, where torch and transformers are imported already (a subprocess
-    pays several seconds for them). For runs that track to W&B, which wants processes of its own, use a subprocess."""
+    pays several seconds for them). Runs that track to W&B do so through the `fake_wandb` stand-in."""
     assert train.main(["--config", str(config), *overrides]) == 0

@@ -45,3 +45,11 @@ def test_eval_loader_sorts_by_length_and_keeps_rows():
     rows = [r for batch in eval_loader(ids, np.arange(4), 2, Collator(0)) for r in batch["row"].tolist()]
     assert rows == [1, 3, 2, 0]
     assert len(TextDataset(ids, np.array([0, 2]))) == 2
+
+
+def test_padding_to_a_multiple_rounds_the_width_up_and_masks_the_extra():
+    items = [{"input_ids": [5] * n, "row": i} for i, n in enumerate((3, 9))]
+    assert Collator(0, pad_to_multiple_of=8)(items)["input_ids"].shape == (2, 16)
+    batch = Collator(0, pad_to_multiple_of=8)(items[:1])
+    assert batch["input_ids"].shape == (1, 8) and batch["attention_mask"].sum() == 3
+    assert Collator(0)(items)["input_ids"].shape == (2, 9)

@@ -2,8 +2,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from textreg.config import UserError, apply_overrides, compose, load_config
+import train
+from textreg.config import Config, apply_overrides, compose, load_config
+from textreg.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "configs" / "default.yaml"
@@ -70,3 +73,30 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 
 def test_override_builds_nested_keys():
     assert apply_overrides({"a": {"b": 1}}, ["a.c.d=2"]) == {"a": {"b": 1, "c": {"d": 2}}}
+
+
+def _defaults_set_again(raw: dict, section: type, prefix: str = "") -> list[str]:
+    """Keys of a YAML mapping whose value is the one config.py gives that key anyway."""
+    again = []
+    for key, value in raw.items():
+        field = section.model_fields[key]
+        if isinstance(value, dict) and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            again += _defaults_set_again(value, field.annotation, f"{prefix}{key}.")
+        elif not field.is_required() and field.get_default(call_default_factory=True) == value:
+            again.append(prefix + key)
+    return again
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "data/commonlit.yaml", "model/minilm.yaml", "debug.yaml"])
+def test_the_default_config_files_restate_no_default_of_config_py(name):
+    """config.py is the one source of defaults: a default written again in YAML is a second source that drifts."""
+    raw = yaml.safe_load((REPO / "configs" / name).read_text())
+    raw.pop("defaults", None)
+    assert _defaults_set_again(raw, Config) == []
+
+
+def test_print_config_shows_every_key_resolved(capsys):
+    assert train.main(["--config", str(DEFAULT), "train.lr=3e-5", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config(DEFAULT, ["train.lr=3e-5"]).to_dict()
+    assert printed["train"]["eval_start"] == 0.5 and printed["train"]["lr"] == 3e-5

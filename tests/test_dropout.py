@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from textreg.config import DropoutConfig, ModelConfig, UserError
+from textreg.config import DropoutConfig, ModelConfig
+from textreg.errors import UserError
 from textreg.model import build_model, check_deterministic, load_backbone_config
 
 ARCHS = ["bert", "roberta", "electra", "deberta-v2", "distilbert"]

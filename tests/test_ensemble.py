@@ -1,22 +1,21 @@
 """Ensembles: methods recover known weights, nested CV ranks them, members are checked, saved weights reproduce."""
 
-import subprocess
-import sys
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import train_in_process
-from wandb_offline import read_runs
+import yaml
+from conftest import train_in_process, write_config
+from fake_wandb import fake_wandb_fixture  # noqa: F401 (the fake_wandb fixture)
 
 import ensemble as ensemble_cli
 import predict as predict_cli
-from textreg.config import UserError
-from textreg.ensemble import METHODS, default_name, nested_oof
+from textreg.blending import METHODS, default_name, nested_oof
+from textreg.errors import UserError
 from textreg.submission import check_submission, make_submission
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -77,17 +76,6 @@ def test_a_reordered_submission_is_put_in_the_sample_order():
     assert sub["id"].tolist() == ["a", "b", "c"] and sub["target"].tolist() == [1.0, 2.0, 3.0]
 
 
-def train(config: Path, *overrides: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "src/train.py", "--config", str(config), *overrides],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 def test_the_default_name_of_many_members_stays_short_and_tells_member_lists_apart():
     few = [Path("outputs/minilm"), Path("outputs/tfidf")]
     assert default_name(few) == "minilm+tfidf"
@@ -125,16 +113,18 @@ def test_two_experiments_to_a_submission_and_back_from_saved_weights(make_config
     np.testing.assert_allclose(predicted.to_numpy(), at_fit.to_numpy(), atol=1e-5)
 
 
-def test_the_ensemble_is_a_wandb_run_when_tracking_is_on(make_config, tmp_path):
+def test_the_ensemble_is_a_wandb_run_when_tracking_is_on(make_config, tmp_path, fake_wandb):
     config = make_config(tracking={"mode": "offline"})
-    train(config, "model.kind=tfidf_ridge")
-    train(config, "experiment=tfidf-strong", "model.kind=tfidf_ridge", "model.ridge_alpha=10")
+    train_in_process(config, "model.kind=tfidf_ridge")
+    train_in_process(config, "experiment=tfidf-strong", "model.kind=tfidf_ridge", "model.ridge_alpha=10")
     outputs = tmp_path / "outputs"
     args = ["--name", "blend", "--outputs", str(outputs), "--submissions", str(tmp_path / "submissions")]
     assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "tfidf-strong"), *args]) == 0
-    (run,) = [r for r in read_runs(outputs / "wandb") if r["job_type"] == "ensemble"]
-    assert run["name"] == "blend" and run["group"] == "blend" and run["exit_code"] == 0
-    assert set(run["summary"]) >= {"nested_cv/mean", "nested_cv/ridge", "member/tiny", "member/tfidf-strong"}
+    (run,) = [r for r in fake_wandb.runs if r.job_type == "ensemble"]
+    assert run.name == "blend" and run.group == "blend" and run.finished and run.exit_code == 0
+    assert set(run.summary) >= {"nested_cv/mean", "nested_cv/ridge", "member/tiny", "member/tfidf-strong"}
+    (artifact,) = run.artifacts
+    assert artifact.name == "blend-ensemble" and set(artifact.files) == {"weights.json", "oof.csv"}
 
 
 def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsys):
@@ -149,8 +139,11 @@ def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsy
 
 
 @pytest.mark.parametrize("kind", ["tfidf_ridge", "embedding_ridge", "features_gbm"])
-def test_classical_members_predict_again_what_they_predicted_at_fit_time(make_config, competition, tmp_path, kind):
-    train_in_process(make_config(), f"model.kind={kind}")
+def test_classical_members_predict_again_from_their_folder_alone(competition, backbones, tmp_path, kind):
+    backbone = tmp_path / "backbone-copy"
+    shutil.copytree(backbones["bert"], backbone)
+    train_in_process(write_config(tmp_path / "tiny.yaml", competition, backbone), f"model.kind={kind}")
+    shutil.rmtree(backbone)  # offline and without the backbone it was trained with, as in a Kaggle kernel
     run_dir = tmp_path / "outputs" / "tiny"
     assert predict_cli.main([str(run_dir), "--input", str(competition / "test.csv")]) == 0
     predicted = pd.read_csv(run_dir / "predictions" / "test.csv").set_index("id")
@@ -158,3 +151,40 @@ def test_classical_members_predict_again_what_they_predicted_at_fit_time(make_co
     np.testing.assert_allclose(predicted.to_numpy(), at_fit.to_numpy(), atol=1e-9)
     oof = pd.read_csv(run_dir / "oof.csv")
     assert sorted(oof["id"]) == sorted(pd.read_csv(competition / "train.csv")["id"])
+
+
+def test_an_ensemble_file_names_the_members_and_the_ensemble(make_config, tmp_path, capsys):
+    config = make_config()
+    train_in_process(config, "model.kind=tfidf_ridge")
+    train_in_process(config, "experiment=strong", "model.kind=tfidf_ridge", "model.ridge_alpha=10")
+    outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
+    spec = tmp_path / "blend.yaml"
+    spec.write_text(yaml.safe_dump({"name": "from-file", "members": [str(outputs / "tiny"), str(outputs / "strong")]}))
+    args = ["--outputs", str(outputs), "--submissions", str(submissions)]
+    assert ensemble_cli.main([str(spec), *args]) == 0
+    weights = json.loads((outputs / "ensembles" / "from-file" / "weights.json").read_text())
+    assert set(weights["member_dirs"]) == {"tiny", "strong"} and (submissions / "from-file.csv").is_file()
+    assert ensemble_cli.main([str(spec), "--name", "renamed", *args]) == 0  # --name wins over the file's
+    assert (submissions / "renamed.csv").is_file()
+
+    spec.write_text(yaml.safe_dump({"name": "x", "member": [str(outputs / "tiny")]}))
+    assert ensemble_cli.main([str(spec), *args]) == 2
+    assert "an ensemble file has `name` and `members` (got ['member', 'name'])" in capsys.readouterr().err
+
+
+def test_an_unfinished_or_unmerged_member_is_refused(make_config, tmp_path, capsys):
+    config = make_config()
+    train_in_process(config, "model.kind=tfidf_ridge")
+    train_in_process(config, "experiment=half", "model.kind=tfidf_ridge", "folds=[0]")
+    outputs = tmp_path / "outputs"
+    args = ["--outputs", str(outputs), "--submissions", str(tmp_path / "submissions")]
+    assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "half"), *args]) == 2
+    assert "half: folds [1] are not finished; train them (folds=[1])" in capsys.readouterr().err
+    assert predict_cli.main([str(outputs / "half"), "--input", str(tmp_path / "data" / "test.csv")]) == 2
+    assert "folds [1] are not finished" in capsys.readouterr().err
+
+    train_in_process(config, "experiment=half", "model.kind=tfidf_ridge", "folds=[1]")  # merges both folds
+    (outputs / "half" / "metrics.json").unlink()  # as if the merge had not run
+    assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "half"), *args]) == 2
+    assert "its folds are not merged; run `python src/merge.py" in capsys.readouterr().err
+    assert not (outputs / "ensembles").exists()

@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from textreg.config import CVConfig, UserError, load_config
+from textreg.config import CVConfig, load_config
 from textreg.data import assign_folds, make_folds
+from textreg.errors import UserError
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from textreg import ensemble
+from textreg import blending
 from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 
@@ -75,6 +75,7 @@ def test_model_input_is_the_template_over_joined_columns(summaries_config):
     assert inputs[0] == f"What does text {row['prompt_id']} say?[SEP]{row['text']}"
 
 
+@pytest.mark.slow
 def test_two_targets_grouped_folds_mcrmse_and_submission(summaries_config, tmp_path):
     cmd = [sys.executable, "src/train.py", "--config", str(summaries_config)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -108,6 +109,7 @@ def test_two_targets_grouped_folds_mcrmse_and_submission(summaries_config, tmp_p
     assert np.isfinite(submission[["content", "wording"]].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_members_with_two_targets_blend_per_target(summaries_config, tmp_path):
     for overrides in (
         ["experiment=a", "model.kind=tfidf_ridge"],
@@ -116,7 +118,7 @@ def test_members_with_two_targets_blend_per_target(summaries_config, tmp_path):
         cmd = [sys.executable, "src/train.py", "--config", str(summaries_config), *overrides]
         assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
     outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
-    report = ensemble.build([outputs / "a", outputs / "b"], "ab", outputs, submissions)
+    report = blending.build([outputs / "a", outputs / "b"], "ab", outputs, submissions)
     assert set(report["blends"]) == {"content", "wording"}
     assert report["metric"] == "mcrmse"
     submission = pd.read_csv(submissions / "ab.csv")

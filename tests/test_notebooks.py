@@ -31,6 +31,7 @@ def test_notebooks_are_committed_without_outputs(path):
     assert all(not cell.get("outputs") and not cell.get("execution_count") for cell in notebook.cells)
 
 
+@pytest.mark.slow
 def test_eda_notebook_runs_and_draws(make_config, monkeypatch):
     monkeypatch.setenv("EDA_CONFIG", str(make_config()))
     notebook = execute("eda.ipynb")
@@ -39,6 +40,7 @@ def test_eda_notebook_runs_and_draws(make_config, monkeypatch):
     assert "48 training rows" in text and "TF-IDF + ridge:      CV rmse" in text
 
 
+@pytest.mark.slow
 def test_inference_notebook_writes_the_ensemble_submission(make_config, competition, tmp_path, monkeypatch):
     config = make_config()
     for overrides in ([], ["experiment=tfidf", "model.kind=tfidf_ridge"]):

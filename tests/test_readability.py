@@ -3,8 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TOKENIZER_DIR
-from test_ensemble import train
+from conftest import TOKENIZER_DIR, train_in_process
 from transformers import AutoTokenizer
 
 from textreg.readability import FEATURES, feature_matrix, syllables
@@ -33,7 +32,7 @@ def test_a_harder_text_scores_as_harder():
 
 def test_the_gbm_member_learns_a_length_driven_target(make_config, competition, tmp_path):
     # The synthetic target is the text's length in characters plus noise: the features carry it.
-    train(make_config(), "model.kind=features_gbm", "model.gbm.min_child_samples=3", "model.gbm.rounds=100")
+    train_in_process(make_config(), "model.kind=features_gbm", "model.gbm.min_child_samples=3", "model.gbm.rounds=100")
     run_dir = tmp_path / "outputs" / "tiny"
     oof = pd.read_csv(run_dir / "oof.csv")
     assert len(oof) == len(pd.read_csv(competition / "train.csv"))

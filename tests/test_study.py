@@ -4,11 +4,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 import study
-from textreg.config import UserError, load_config
-from textreg.study import Run, Study, load_study, queue, summarize
+from textreg.artifacts import RUN_FORMAT
+from textreg.config import load_config, save_config
+from textreg.errors import UserError
+from textreg.files import write_json
+from textreg.records import ValidationEvent
+from textreg.studies import Run, Study, load_study, queue, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +24,7 @@ def write_study(path: Path, settings: list[dict], baseline: str = "base", seeds:
     return path
 
 
+@pytest.mark.slow
 def test_a_study_trains_its_runs_side_by_side_and_tables_them_against_the_baseline(make_config, tmp_path, capsys):
     config = str(make_config())
     file = write_study(
@@ -45,33 +52,39 @@ def test_a_study_trains_its_runs_side_by_side_and_tables_them_against_the_baseli
     assert "| fast | 1 |" in (outputs / "studies" / "mini.md").read_text()
 
 
-def fake_run(run_dir: Path, curves: list[list[float]]) -> None:
-    """A finished run whose folds' validation curves are `curves` (best = lowest, as RMSE)."""
+def fake_run(run_dir: Path, curves: list[list[float]], n_folds: int | None = None) -> None:
+    """A run folder whose folds' validation curves are `curves` (best = lowest, as RMSE); `n_folds` beyond the
+    curves leaves the rest unfinished."""
+    cfg = load_config(REPO / "configs" / "debug.yaml", [f"cv.n_folds={n_folds or len(curves)}"])
+    run_dir.mkdir(parents=True)
+    save_config(cfg, run_dir / "config.yaml")
+    write_json({"run_format": RUN_FORMAT, "launches": []}, run_dir / "run.json")
     folds = {}
     for k, curve in enumerate(curves):
         folds[str(k)] = {"score": min(curve), "best_step": curve.index(min(curve)) + 1, "train_seconds": 10.0}
-        history = [{"step": i + 1, "val_score": v} for i, v in enumerate(curve)]
-        (run_dir / f"fold{k}").mkdir(parents=True)
-        (run_dir / f"fold{k}" / "metrics.json").write_text(json.dumps({**folds[str(k)], "history": history}))
-    cv = sum(min(c) for c in curves) / len(curves)
+        history = [ValidationEvent(i + 1, 1.0, v, [v], 1.0).to_dict() for i, v in enumerate(curve)]
+        fold_dir = run_dir / f"fold{k}"
+        fold_dir.mkdir()
+        save_file({"w": torch.zeros(1)}, fold_dir / "model.safetensors")
+        for name in ("oof.csv", "test.csv"):
+            (fold_dir / name).write_text("id\n")
+        write_json({**folds[str(k)], "history": history}, fold_dir / "metrics.json")
     done = list(range(len(curves)))
     summary = {
-        "cv_score": cv,
+        "cv_score": sum(min(c) for c in curves) / len(curves),
         "folds": folds,
         "folds_done": done,
-        "folds_missing": [],
+        "folds_missing": sorted(set(range(cfg.cv.n_folds)) - set(done)),
         "train_seconds": 10.0 * len(curves),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(summary))
+    write_json(summary, run_dir / "metrics.json")
 
 
 def test_the_seeds_of_a_setting_are_pooled_and_unfinished_runs_left_out(tmp_path):
     runs = [Run(f"r{i}", setting, "c.yaml", ()) for i, setting in enumerate(["base", "base", "base"])]
     fake_run(tmp_path / "r0", [[0.7, 0.5, 0.6], [0.8, 0.6, 0.6]])  # CV 0.55
     fake_run(tmp_path / "r1", [[0.7, 0.3, 0.3], [0.8, 0.6, 0.7]])  # CV 0.45
-    fake_run(tmp_path / "r2", [[0.9, 0.8]])
-    metrics = json.loads((tmp_path / "r2" / "metrics.json").read_text())
-    (tmp_path / "r2" / "metrics.json").write_text(json.dumps({**metrics, "folds_missing": [1]}))  # one fold of two
+    fake_run(tmp_path / "r2", [[0.9, 0.8]], n_folds=2)  # one fold of two: not counted
     rows = summarize(Study("t", "base", runs), {run.name: tmp_path / run.name for run in runs})
     assert len(rows) == 1
     row = rows[0]
@@ -107,3 +120,16 @@ def test_every_committed_study_makes_valid_configs(file):
         cfg = load_config(str(REPO / run.config), [f"experiment={run.name}", *run.overrides])
         assert cfg.experiment == run.name
     assert len({run.name for run in runs}) == len(runs)
+
+
+def test_summary_tables_what_is_finished_and_trains_nothing(make_config, tmp_path, capsys):
+    config = str(make_config())
+    file = write_study(tmp_path / "mini.yaml", [{"name": "base", "config": config}, {"name": "lr", "config": config}])
+    outputs = tmp_path / "outputs"
+    fake_run(outputs / "s-base-seed42", [[0.7, 0.6], [0.8, 0.5]])  # CV 0.55
+    fake_run(outputs / "s-lr-seed42", [[0.7, 0.5], [0.6, 0.5]])  # CV 0.5
+    assert study.main([str(file), "--summary"]) == 0
+    table = capsys.readouterr().out
+    assert "| base | 1 | 0.5500 |" in table and "| lr | 1 | 0.5000 |" in table and "-0.0500 | 1/2 |" in table
+    assert (outputs / "studies" / "mini.md").read_text().strip() == table.strip()
+    assert not (outputs / "studies" / "logs").exists()  # nothing was started

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from textreg.config import DropoutConfig, ModelConfig, TrainConfig, UserError
+from textreg.config import DropoutConfig, ModelConfig, TrainConfig
 from textreg.engine import build_optimizer
+from textreg.errors import UserError
 from textreg.model import build_model, encoder_layers, layer_depth, load_backbone_config
 
 ARCHS = ["bert", "roberta", "electra", "deberta-v2", "distilbert"]

@@ -46,6 +46,7 @@ def check_run(run_dir: Path, data_dir: Path, submission: Path, n_folds: int = 2)
     assert np.allclose(test_pred["target"], test_pred[[f"target_fold{k}" for k in range(n_folds)]].mean(axis=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -105,6 +106,17 @@ def test_late_validation_start_skips_early_validations_and_changes_nothing_else(
         histories[start] = {event["step"]: event["val_score"] for event in fold["history"]}
     assert list(histories[0.0]) == [2, 4, 6, 8] and list(histories[0.5]) == [4, 6, 8]
     assert all(histories[0.5][step] == histories[0.0][step] for step in (4, 6, 8))
+
+
+def test_padding_to_a_multiple_changes_the_shapes_not_the_model(make_config, tmp_path):
+    """Padded positions are masked: the same training, and so the same predictions, up to float rounding."""
+    oof = {}
+    for multiple in (1, 16):
+        config = make_config(experiment=f"pad{multiple}", folds=[0], train__pad_to_multiple_of=multiple)
+        train_in_process(config)
+        oof[multiple] = pd.read_csv(tmp_path / "outputs" / f"pad{multiple}" / "fold0" / "oof.csv")["target_pred"]
+    np.testing.assert_allclose(oof[16], oof[1], atol=1e-4)
+    assert not np.array_equal(oof[1], np.zeros_like(oof[1]))
 
 
 def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys):

@@ -30,38 +30,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from textreg import plots
-from textreg.config import Config, UserError, changed_keys, save_config, validate
+from textreg.config import RUN_KEYS, Config, changed_keys, save_config, validate
 from textreg.data import load_sample_submission, read_csv
-from textreg.engine import FoldResult
+from textreg.errors import UserError
+from textreg.files import atomic_write, write_csv, write_json
 from textreg.metrics import per_target, score
+from textreg.records import FoldResult, read_history
 from textreg.submission import make_submission
 
-IGNORED_KEYS = ("folds", "overwrite", "tracking")  # may differ between runs that share one folder
 RUN_FORMAT = 1  # the layout of a run folder; bump it when that changes, so old folders are refused clearly
 FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Whole or not at all: write beside, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
-    return json.loads(path.read_text())
-
-
 def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in IGNORED_KEYS}
+    return {k: v for k, v in cfg.items() if k not in RUN_KEYS}
 
 
 def check_run_dir(cfg: Config) -> None:
@@ -103,7 +85,7 @@ def prepare_run_dir(cfg: Config, environment: dict) -> None:
     write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
 
 
-def describe_environment(folds: list[int], processes: int = 1, mixed_precision: str = "no") -> dict:
+def describe_environment(folds: list[int], launch: dict) -> dict:
     """What a number depends on besides the config: code version, packages, hardware."""
     repo = Path(__file__).resolve().parents[2]
 
@@ -128,17 +110,17 @@ def describe_environment(folds: list[int], processes: int = 1, mixed_precision: 
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "processes": processes,
-        "mixed_precision": mixed_precision,
+        **launch,
     }
 
 
 def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series) -> None:
     targets = cfg.data.target_columns
     fold_dir = run_dir / f"fold{result.fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.best_state.items()}, fold_dir / "model.safetensors.tmp")
-    (fold_dir / "model.safetensors.tmp").replace(fold_dir / "model.safetensors")
+    state = {k: v.contiguous() for k, v in result.state.items()}
+    atomic_write(fold_dir / "model.safetensors", lambda tmp: save_file(state, tmp))
+    for name, content in result.extra_json.items():
+        write_json(content, fold_dir / name)
     oof = valid[[cfg.data.id_column, "fold", *targets, "text_length"]].copy()
     oof[[f"{t}_pred" for t in targets]] = result.valid_pred
     write_csv(oof, fold_dir / "oof.csv")
@@ -154,7 +136,7 @@ def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFram
             "best_step": result.best_step,
             "train_seconds": round(result.train_seconds, 1),
             "train_samples_per_second": round(result.train_samples_per_second, 2),
-            "history": result.history,
+            "history": [event.to_dict() for event in result.history],
         },
         fold_dir / "metrics.json",
     )
@@ -167,6 +149,32 @@ def _by_target(cfg: Config, truth: np.ndarray, pred: np.ndarray) -> dict[str, fl
 def finished_folds(run_dir: Path) -> list[int]:
     """Folds whose last file (metrics.json, written after the others) is there."""
     return sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/metrics.json"))
+
+
+def require_finished(run_dir: Path) -> Config:
+    """The one notion of a finished run: a run folder of this template's format whose every fold is finished and
+    whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if not."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+    check_run_format(run_dir)
+    cfg = load_run_config(run_dir)
+    missing = sorted(set(range(cfg.cv.n_folds)) - set(finished_folds(run_dir)))
+    if missing:
+        raise UserError(f"{run_dir}: folds {missing} are not finished; train them (folds={missing})")
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file() or json.loads(metrics.read_text())["folds_missing"]:
+        raise UserError(f"{run_dir}: its folds are not merged; run `python src/merge.py {run_dir}`")
+    for fold in range(cfg.cv.n_folds):
+        check_fold_dir(run_dir / f"fold{fold}")
+    return cfg
+
+
+def is_finished(run_dir: Path) -> bool:
+    try:
+        require_finished(run_dir)
+    except UserError:
+        return False
+    return True
 
 
 def check_fold_dir(fold_dir: Path) -> None:
@@ -230,6 +238,7 @@ def finalize(run_dir: Path) -> dict:
         path = cfg.submission_dir / f"{cfg.experiment}.csv"
         write_csv(submission, path)
         metrics["submission"] = str(path)
-    metrics["plots"] = {k: str(v) for k, v in plots.save_all(run_dir, oof, fold_metrics, metrics, targets).items()}
+    histories = {k: read_history(m) for k, m in fold_metrics.items()}
+    metrics["plots"] = {k: str(v) for k, v in plots.save_all(run_dir, oof, histories, metrics, targets).items()}
     write_json(metrics, run_dir / "metrics.json")
     return metrics

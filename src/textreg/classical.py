@@ -3,11 +3,12 @@
 - `model.kind: tfidf_ridge`: word 1-2-gram TF-IDF (fitted on each fold's training rows) + ridge regression; its
   fold "checkpoint" is the IDF vector and the ridge weights in model.safetensors, plus vocabulary.json.
 - `model.kind: embedding_ridge`: the frozen backbone's mean-pooled embeddings (`model.backbone`, not fine-tuned)
-  + ridge regression; its checkpoint is the ridge weights (the backbone is needed again to predict).
+  + ridge regression; its checkpoint is the ridge weights, and the run folder keeps the backbone to embed again.
 - `model.kind: features_gbm`: hand-made readability features (`textreg.readability`) + LightGBM, one booster per
   target; its checkpoint holds each booster in LightGBM's own text format, as bytes (`booster<j>`).
 
-Nothing to unpickle, and predictions from the saved files equal those made at fit time.
+Nothing to unpickle, predictions from the saved files equal those made at fit time, and the run folder holds all
+that predicting needs (`backbone/`: the tokenizer, and for embeddings the backbone itself), offline.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from transformers import AutoModel
 
-from textreg import artifacts
 from textreg.batching import Collator, eval_loader, tokenize
 from textreg.config import Config, GBMConfig
-from textreg.data import model_inputs
-from textreg.engine import FoldResult
+from textreg.hardware import set_threads
 from textreg.metrics import per_target, score
-from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
+from textreg.model import load_tokenizer, mean_pool, resolve_backbone
+from textreg.prediction import predict_rows
 from textreg.readability import FEATURES, feature_matrix
-from textreg.tracking import Tracker
+from textreg.records import FoldResult, Listener, ValidationEvent
 
 TFIDF = {"ngram_range": (1, 2), "min_df": 2, "sublinear_tf": True, "dtype": np.float64}
 
@@ -67,7 +67,7 @@ def predict_ridge(state: dict, features: np.ndarray) -> np.ndarray:
     return features @ state["coef"].numpy().T + state["intercept"].numpy()
 
 
-def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int, threads: int | None) -> dict:
+def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int, threads: int) -> dict:
     params = {
         "objective": "regression",
         "learning_rate": gbm.learning_rate,
@@ -79,7 +79,7 @@ def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int
         "seed": seed,
         "deterministic": True,
         "force_row_wise": True,
-        "num_threads": threads or 0,
+        "num_threads": threads,
         "verbosity": -1,
     }
     import lightgbm  # imported only for this member: a transformer run (or a GPU image without it) never needs it
@@ -99,49 +99,29 @@ def predict_gbm(state: dict, features: np.ndarray) -> np.ndarray:
     return np.stack([booster.predict(features) for booster in boosters], axis=1)
 
 
-def readability_features(cfg: Config, texts: list[str]) -> np.ndarray:
-    return feature_matrix(texts, load_tokenizer(resolve_backbone(cfg.model.backbone)))
-
-
 @torch.no_grad()
-def embed(cfg: Config, texts: list[str]) -> np.ndarray:
+def embed(backbone_dir: str | Path, texts: list[str], max_len: int, batch_size: int) -> np.ndarray:
     """Mean-pooled last hidden states of the frozen, pretrained backbone."""
-    path, config = load_backbone_config(cfg.model)
-    tokenizer = load_tokenizer(path)
-    backbone = AutoModel.from_pretrained(path, config=config).eval()
-    input_ids = tokenize(tokenizer, texts, cfg.model.max_len)
-    loader = eval_loader(input_ids, np.arange(len(texts)), cfg.train.eval_batch_size, Collator(tokenizer.pad_token_id))
-    features = np.zeros((len(texts), config.hidden_size))
-    for batch in loader:
+    tokenizer = load_tokenizer(str(backbone_dir))
+    backbone = AutoModel.from_pretrained(backbone_dir).eval()
+    loader = eval_loader(
+        tokenize(tokenizer, texts, max_len), np.arange(len(texts)), batch_size, Collator(tokenizer.pad_token_id)
+    )
+
+    def forward(batch: dict) -> torch.Tensor:
         hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        features[batch["row"].numpy()] = mean_pool(hidden, batch["attention_mask"]).double().numpy()
-    return features
+        return mean_pool(hidden, batch["attention_mask"])
+
+    return predict_rows(forward, loader, len(texts))
 
 
-def load_fold(fold_dir: Path) -> tuple[dict, list[str] | None]:
-    vocabulary = fold_dir / "vocabulary.json"
-    return load_file(fold_dir / "model.safetensors"), json.loads(
-        vocabulary.read_text()
-    ) if vocabulary.is_file() else None
-
-
-def predict_folds(cfg: Config, run_dir: Path, texts: list[str], folds: list[int]) -> dict[int, np.ndarray]:
-    """Each fold's predictions for `texts`, from the fold files alone."""
-    inputs = member_inputs(cfg, texts)
-    predictions = {}
-    for fold in folds:
-        state, vocabulary = load_fold(run_dir / f"fold{fold}")
-        predictions[fold] = predict_member(cfg, state, vocabulary, inputs)
-    return predictions
-
-
-def member_inputs(cfg: Config, texts: list[str]) -> np.ndarray:
+def member_inputs(cfg: Config, backbone_dir: str | Path, texts: list[str]) -> np.ndarray:
     """What the member fits on, one row per text: the texts themselves for TF-IDF (its vocabulary is each fold's
     own), else features that do not depend on the fold, computed once."""
     if cfg.model.kind == "embedding_ridge":
-        return embed(cfg, texts)
+        return embed(backbone_dir, texts, cfg.model.max_len, cfg.train.eval_batch_size)
     if cfg.model.kind == "features_gbm":
-        return readability_features(cfg, texts)
+        return feature_matrix(texts, load_tokenizer(str(backbone_dir)))
     return np.array(texts, dtype=object)
 
 
@@ -153,63 +133,91 @@ def predict_member(cfg: Config, state: dict, vocabulary: list[str] | None, input
     return predict_ridge(state, inputs)
 
 
-def fit_member(cfg: Config, inputs: np.ndarray, targets: np.ndarray, fold_dir: Path) -> tuple[dict, Callable]:
-    """Fit one fold; write any file besides the checkpoint; return the state and a predictor made from it."""
-    vocabulary = None
-    if cfg.model.kind == "tfidf_ridge":
-        state, vocabulary = fit_tfidf_ridge(inputs, targets, cfg.model.ridge_alpha)
-        artifacts.write_json(vocabulary, fold_dir / "vocabulary.json")
-    elif cfg.model.kind == "features_gbm":
-        state = fit_gbm(inputs, targets, cfg.model.gbm, cfg.seed, cfg.train.threads)
-    else:
-        state = fit_ridge(inputs, targets, cfg.model.ridge_alpha)
-    return state, lambda rows: predict_member(cfg, state, vocabulary, rows)
-
-
-def run_classical(cfg: Config, train_df, test_df, folds: list[int]) -> None:
-    """Fit the configured folds (the run folder is prepared by the caller)."""
-    run_dir, targets = cfg.run_dir, train_df[cfg.data.target_columns].to_numpy(dtype=np.float64)
-    texts, test_texts = model_inputs(train_df, cfg.data, " "), model_inputs(test_df, cfg.data, " ")
-    train_df = train_df.assign(text_length=[len(text) for text in texts])
-    tracker, finished = Tracker(cfg, is_main_process=True), artifacts.finished_folds(run_dir)
-    tick = time.perf_counter()
-    inputs, test_inputs = member_inputs(cfg, texts), member_inputs(cfg, test_texts)
-    # computing the features is each fold's cost too: shared out, so that fold times add up to the wall time
-    shared_seconds = (time.perf_counter() - tick) / max(1, len(set(folds) - set(finished)))
+def predict_folds(cfg: Config, run_dir: Path, texts: list[str], folds: list[int]) -> dict[int, np.ndarray]:
+    """Each fold's predictions for `texts`, from the run folder alone."""
+    inputs = member_inputs(cfg, run_dir / "backbone", texts)
+    predictions = {}
     for fold in folds:
-        if fold in finished:
-            print(f"fold {fold}: finished before, kept (overwrite=true fits every fold again)")
-            continue
-        tick = time.perf_counter()
-        train_rows = np.flatnonzero(train_df["fold"].to_numpy() != fold)
-        valid_rows = np.flatnonzero(train_df["fold"].to_numpy() == fold)
         fold_dir = run_dir / f"fold{fold}"
-        fold_dir.mkdir(exist_ok=True)
-        state, predict_rows = fit_member(cfg, inputs[train_rows], targets[train_rows], fold_dir)
-        valid_pred, test_pred = predict_rows(inputs[valid_rows]), predict_rows(test_inputs)
-        seconds = time.perf_counter() - tick + shared_seconds
-        val_score = score(cfg.metric, targets[valid_rows], valid_pred)
-        event = {
-            "step": 1,
-            "epoch": 1.0,
-            "val_score": val_score,
-            "val_per_target": per_target(cfg.metric, targets[valid_rows], valid_pred).tolist(),
-            "train_loss": float("nan"),
-            "lr": 0.0,
-            "samples_per_second": len(train_rows) / seconds,
-        }
-        result = FoldResult(
+        vocabulary = fold_dir / "vocabulary.json"
+        vocabulary = json.loads(vocabulary.read_text()) if vocabulary.is_file() else None
+        predictions[fold] = predict_member(cfg, load_file(fold_dir / "model.safetensors"), vocabulary, inputs)
+    return predictions
+
+
+class ClassicalMember:
+    """A classical member, fitted fold by fold in one process, with the same fold loop and run folder as a
+    fine-tuned backbone."""
+
+    separator = " "
+    is_main_process = True
+    print = staticmethod(print)
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.backbone_path = resolve_backbone(cfg.model.backbone) if cfg.model.kind != "tfidf_ridge" else None
+        self.threads = set_threads(cfg.train.threads)
+
+    def wait_for_everyone(self) -> None:
+        """One process: nobody to wait for."""
+
+    def describe(self) -> dict:
+        return {"processes": 1, "mixed_precision": "no", "threads": self.threads}
+
+    def announce(self) -> str:
+        return f"{self.cfg.model.kind} on {self.threads} CPU thread(s)"
+
+    def save_assets(self, folder: Path) -> None:
+        """The backbone the features need again at prediction time: its tokenizer, and for embeddings its weights."""
+        if self.backbone_path is None:
+            return
+        load_tokenizer(self.backbone_path).save_pretrained(folder)
+        if self.cfg.model.kind == "embedding_ridge":
+            AutoModel.from_pretrained(self.backbone_path).save_pretrained(folder)
+
+    def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None:
+        tick = time.perf_counter()
+        self.inputs = member_inputs(self.cfg, self.backbone_path, texts)
+        self.test_inputs = member_inputs(self.cfg, self.backbone_path, test_texts)
+        self.targets = targets.astype(np.float64)
+        # computing the features is each fold's cost too: shared out, so that fold times add up to the wall time
+        self.shared_seconds = (time.perf_counter() - tick) / max(1, folds_to_fit)
+
+    def fit_fold(self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, listener: Listener) -> FoldResult:
+        cfg, tick = self.cfg, time.perf_counter()
+        state, extra, predict = fit_member(cfg, self.inputs[train_rows], self.targets[train_rows], self.threads)
+        valid_pred, test_pred = predict(self.inputs[valid_rows]), predict(self.test_inputs)
+        seconds = time.perf_counter() - tick + self.shared_seconds
+        truth = self.targets[valid_rows]
+        event = ValidationEvent(
+            step=1,
+            epoch=1.0,
+            val_score=score(cfg.metric, truth, valid_pred),
+            val_per_target=per_target(cfg.metric, truth, valid_pred).tolist(),
+            samples_per_second=len(train_rows) / seconds,
+        )
+        listener(event)
+        return FoldResult(
             fold=fold,
-            best_score=val_score,
+            best_score=event.val_score,
             best_step=1,
             valid_pred=valid_pred,
             test_pred=test_pred,
-            best_state=state,
+            state=state,
             train_seconds=seconds,
-            train_samples_per_second=len(train_rows) / seconds,
+            train_samples_per_second=event.samples_per_second,
             history=[event],
+            extra_json=extra,
         )
-        with tracker.fold_run(fold):
-            tracker.summarize({f"best_val_{cfg.metric}": val_score, "best_step": 1})
-            artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
-        print(f"fold {fold}: val {cfg.metric} {val_score:.4f}")
+
+
+def fit_member(cfg: Config, inputs: np.ndarray, targets: np.ndarray, threads: int) -> tuple[dict, dict, Callable]:
+    """Fit one fold: the checkpoint, any other file of the fold (a vocabulary), and a predictor made from them."""
+    if cfg.model.kind == "tfidf_ridge":
+        state, vocabulary = fit_tfidf_ridge(inputs, targets, cfg.model.ridge_alpha)
+        return state, {"vocabulary.json": vocabulary}, lambda rows: predict_tfidf_ridge(state, vocabulary, rows)
+    if cfg.model.kind == "features_gbm":
+        state = fit_gbm(inputs, targets, cfg.model.gbm, cfg.seed, threads)
+    else:
+        state = fit_ridge(inputs, targets, cfg.model.ridge_alpha)
+    return state, {}, lambda rows: predict_member(cfg, state, None, rows)

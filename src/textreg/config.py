@@ -1,32 +1,24 @@
 """Configuration: YAML files composed through `defaults:`, dotted command-line overrides, strict validation.
 
-Every key of a run lives in `Config` below. Validation happens before any data is read or any model is built,
-so a typo stops the run in a second with a message that names the key and what is allowed.
+Every key of a run lives in `Config` below, with its default: this file is the one source of defaults, and the
+YAML files under configs/ hold only competition facts and what differs from them (`python src/train.py
+--print-config` prints every key of a resolved config). Validation happens before any data is read or any model
+is built, so a typo stops the run in a second with a message that names the key and what is allowed.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from textreg.errors import UserError
+from textreg.files import write_text
 
-class UserError(Exception):
-    """A problem the user can fix (config, data, paths): reported as one line, without a traceback."""
-
-
-def run_reporting_user_errors(action: Callable[[], object]) -> int:
-    """Exit code of an entry script: 0, or 2 with `error: ...` on stderr for a UserError."""
-    try:
-        action()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+# Keys that name a run or steer one launch of it, not what it computes: runs that differ only in them share results.
+RUN_KEYS = ("experiment", "folds", "overwrite", "tracking")
 
 
 class _Section(BaseModel):
@@ -44,9 +36,9 @@ class JoinConfig(_Section):
 class DataConfig(_Section):
     competition: str
     dir: Path
-    train_file: str = "train.csv"
-    test_file: str = "test.csv"
-    sample_submission_file: str = "sample_submission.csv"
+    train_file: str
+    test_file: str
+    sample_submission_file: str
     id_column: str
     text_column: str | None = Field(default=None, description="the model input, when it is one column")
     text_template: str | None = Field(
@@ -133,10 +125,16 @@ class TrainConfig(_Section):
     grad_accum: int = Field(default=1, ge=1)
     eval_every: int = Field(default=40, ge=1, description="optimizer steps between validations")
     eval_start: float = Field(
-        default=0.0, ge=0, lt=1, description="share of the training steps before the first validation"
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="share of the training steps before the first validation (no measured run was best earlier)",
     )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     length_bucketing: bool = Field(default=True, description="batches of similar lengths: less padding")
+    pad_to_multiple_of: int = Field(
+        default=1, ge=1, description="round each batch's padded length up to this multiple (fewer shapes on a GPU)"
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -145,7 +143,11 @@ class TrainConfig(_Section):
 
     fused_optimizer: bool = Field(default=True, description="fused AdamW kernel; false: foreach")
     compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
-    threads: int | None = Field(default=None, ge=1, description="torch threads per process; null: torch's choice")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads per process; null: the cores it may use, shared among this machine's processes",
+    )
 
 
 class TrackingConfig(_Section):
@@ -279,7 +281,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return validate(apply_overrides(compose(Path(path)), overrides or []))
 
 
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: Config, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")  # whole or not at all
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    write_text(dump(cfg), path)

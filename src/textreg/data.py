@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from textreg.config import Config, CVConfig, DataConfig, UserError
+from textreg.config import Config, CVConfig, DataConfig
+from textreg.errors import UserError
+from textreg.files import write_csv
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -151,8 +153,5 @@ def assign_folds(df: pd.DataFrame, cfg: Config, is_main: bool = True) -> pd.Data
     else:
         folds = make_folds(df, cfg.cv, cfg.data.target_columns)
         if is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            pd.DataFrame({cfg.data.id_column: ids, "fold": folds}).to_csv(tmp, index=False)
-            tmp.replace(path)
+            write_csv(pd.DataFrame({cfg.data.id_column: ids, "fold": folds}), path)
     return df.assign(fold=folds.astype(int))

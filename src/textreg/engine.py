@@ -1,48 +1,115 @@
-"""Training engine: optimizer, schedule, the training loop of one fold, evaluation and prediction."""
+"""Fine-tuning a backbone: the member that trains one fold at a time with Accelerate, its optimizer and schedule,
+and the training loop of one fold."""
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from textreg.config import TrainConfig
+from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
+from textreg.config import Config, TrainConfig
+from textreg.hardware import choose_mixed_precision, set_threads
 from textreg.metrics import per_target, score
-from textreg.model import RegressionModel, layer_depth
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_mixed_precision(setting: str) -> str:
-    """`auto`: what `accelerate launch --mixed_precision` asked for, else the fastest the hardware does well."""
-    if setting != "auto":
-        return setting
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launched != "no":
-        return launched
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "no"
-
+from textreg.model import (
+    RegressionModel,
+    build_model,
+    check_deterministic,
+    layer_depth,
+    load_backbone_config,
+    load_tokenizer,
+)
+from textreg.prediction import predict_rows
+from textreg.records import FoldResult, Listener, ValidationEvent
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class TransformerMember:
+    """A fine-tuned backbone: one Accelerator per process, the texts tokenized once, a fresh model for each fold."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.backbone_path, self.backbone_config = load_backbone_config(cfg.model)
+        self.tokenizer = load_tokenizer(self.backbone_path)
+        self.separator = separator(self.tokenizer)
+        self.accelerator = Accelerator(
+            # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
+            gradient_accumulation_steps=cfg.train.grad_accum,
+        )
+        self.threads = set_threads(cfg.train.threads)
+        self.is_main_process = self.accelerator.is_main_process
+        self.print = self.accelerator.print
+        self.wait_for_everyone = self.accelerator.wait_for_everyone
+
+    def describe(self) -> dict:
+        acc = self.accelerator
+        return {"processes": acc.num_processes, "mixed_precision": acc.mixed_precision, "threads": self.threads}
+
+    def announce(self) -> str:
+        acc = self.accelerator
+        return (
+            f"{self.backbone_path}, {acc.num_processes} process(es) on {acc.device} with {self.threads} CPU "
+            f"thread(s) each, mixed precision {acc.mixed_precision}"
+        )
+
+    def save_assets(self, folder) -> None:
+        """What prediction needs besides the fold checkpoints: the tokenizer and the backbone's config."""
+        self.tokenizer.save_pretrained(folder)
+        self.backbone_config.save_pretrained(folder)
+
+    def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None:
+        max_len = self.cfg.model.max_len
+        self.ids, self.test_ids = (
+            tokenize(self.tokenizer, texts, max_len),
+            tokenize(self.tokenizer, test_texts, max_len),
+        )
+        self.targets = targets.astype(np.float32)
+        self.collate = Collator(self.tokenizer.pad_token_id, self.cfg.train.pad_to_multiple_of)
+
+    def fit_fold(self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, listener: Listener) -> FoldResult:
+        cfg, train = self.cfg, self.cfg.train
+        set_seed(cfg.seed + fold)
+        train_set = TextDataset(self.ids, train_rows, self.targets)
+        loaders = {
+            "train": train_loader(train_set, train.batch_size, cfg.seed + fold, train.length_bucketing, self.collate),
+            "valid": eval_loader(self.ids, valid_rows, train.eval_batch_size, self.collate),
+            "test": eval_loader(self.test_ids, np.arange(len(self.test_ids)), train.eval_batch_size, self.collate),
+        }
+        model = self.fold_model(self.targets[train_rows], self.collate([train_set[0]]))
+        return train_fold(
+            self.accelerator,
+            train,
+            cfg.metric,
+            fold,
+            model,
+            loaders,
+            self.targets,
+            valid_rows,
+            len(self.test_ids),
+            listener,
+        )
+
+    def fold_model(self, train_targets: np.ndarray, probe: dict) -> RegressionModel:
+        """A fresh model for one fold, its target scaling fitted on the fold's training rows, its dropout checked."""
+        cfg = self.cfg
+        model = build_model(cfg.model, len(cfg.data.target_columns), self.backbone_path, self.backbone_config)
+        if cfg.data.standardize_targets:
+            model.target_mean.copy_(torch.from_numpy(train_targets.mean(axis=0)))
+            model.target_std.copy_(torch.from_numpy(train_targets.std(axis=0).clip(min=1e-6)))
+        if cfg.model.dropout.disable:
+            check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
+        return model
 
 
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
@@ -67,36 +134,15 @@ def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(param_groups, lr=train.lr, foreach=True)
 
 
-@dataclass
-class FoldResult:
-    fold: int
-    best_score: float
-    best_step: int
-    valid_pred: np.ndarray  # rows of the validation set, in the order of `valid_rows`
-    test_pred: np.ndarray
-    best_state: dict[str, torch.Tensor]
-    train_seconds: float
-    train_samples_per_second: float
-    history: list[dict] = field(default_factory=list)
-
-
-@torch.no_grad()
 def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int) -> np.ndarray:
-    """Predictions of every row of the loader's dataset, indexed by row; exactly one per row on any process count."""
+    """Target-unit predictions of a prepared model over a prepared loader, one per row on any process count."""
     model.eval()
     units = accelerator.unwrap_model(model)
-    preds, rows = [], []
-    for batch in loader:
-        out = units.to_target_units(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
-        out, row = accelerator.gather_for_metrics((out, batch["row"]))
-        preds.append(out.cpu())
-        rows.append(row.cpu())
-    result = np.full((n_rows, preds[0].shape[1]), np.nan, dtype=np.float64)
-    rows_all = torch.cat(rows).numpy()
-    result[rows_all] = torch.cat(preds).numpy()
-    if len(np.unique(rows_all)) != len(rows_all):
-        raise RuntimeError("a row was predicted twice: the evaluation loader is not sharded as expected")
-    return result
+
+    def forward(batch: dict) -> torch.Tensor:
+        return units.to_target_units(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+
+    return predict_rows(forward, loader, n_rows, gather=accelerator.gather_for_metrics)
 
 
 def train_fold(
@@ -109,17 +155,25 @@ def train_fold(
     targets: np.ndarray,
     valid_rows: np.ndarray,
     n_test: int,
-    on_validation: Callable[[dict], None] = lambda event: None,
+    on_validation: Listener = lambda event: None,
 ) -> FoldResult:
     """Train one fold, validating every `eval_every` optimizer steps once `eval_start` of the steps are done, and
     at the last step; keep the weights of the best step (lowest `metric`)."""
     optimizer = build_optimizer(model, train)
     if train.compile:
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
+    # The step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps count
+    # over all processes together, so eval_every and max_steps mean the same number of samples on any count.
     steps_per_epoch = math.ceil(len(loaders["train"]) / train.grad_accum)
     total_steps = steps_per_epoch * train.epochs
     if train.max_steps:
         total_steps = min(total_steps, train.max_steps)
+    first_eval = math.ceil(train.eval_start * total_steps)
+    accelerator.print(
+        f"fold {fold}: {len(loaders['train'].dataset)} training rows, batch {train.batch_size} x {train.grad_accum} "
+        f"accumulated, {steps_per_epoch} optimizer steps an epoch, {total_steps} in all, validation every "
+        f"{train.eval_every} steps from step {first_eval}"
+    )
     scheduler = get_scheduler(
         train.scheduler if train.scheduler != "constant" else "constant_with_warmup",
         optimizer,
@@ -130,40 +184,38 @@ def train_fold(
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["valid"], loaders["test"], scheduler
     )
-    n_valid_rows = len(targets)
     valid_targets = targets[valid_rows]
-    # Steps count optimizer updates over all processes together, so that eval_every and max_steps mean the
-    # same number of samples whatever the number of processes.
     step, samples, train_seconds = 0, 0, 0.0
     best = {"score": math.inf, "step": 0, "pred": None, "state": None}
-    history = []
-    running_loss = []
+    history: list[ValidationEvent] = []
+    # The loss is summed on the device and read at validation: no host-device sync in the hot loop.
+    loss_sum, loss_batches = torch.zeros((), device=accelerator.device), 0
     bar = tqdm(total=total_steps, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
 
     def validate() -> None:
-        pred = predict(accelerator, model, valid_dl, n_valid_rows)[valid_rows]
-        val_score = score(metric, valid_targets, pred)
-        event = {
-            "step": step,
-            "epoch": round(step / steps_per_epoch, 3),
-            "val_score": val_score,
-            "val_per_target": per_target(metric, valid_targets, pred).tolist(),
-            "train_loss": float(np.mean(running_loss)) if running_loss else float("nan"),
-            "lr": scheduler.get_last_lr()[0],
-            "samples_per_second": samples / max(train_seconds, 1e-9),
-        }
+        nonlocal loss_sum, loss_batches
+        pred = predict(accelerator, model, valid_dl, len(targets))[valid_rows]
+        event = ValidationEvent(
+            step=step,
+            epoch=round(step / steps_per_epoch, 3),
+            val_score=score(metric, valid_targets, pred),
+            val_per_target=per_target(metric, valid_targets, pred).tolist(),
+            samples_per_second=samples / max(train_seconds, 1e-9),
+            train_loss=loss_sum.item() / max(loss_batches, 1),  # sync: once per validation
+            lr=scheduler.get_last_lr()[0],
+        )
+        loss_sum, loss_batches = torch.zeros_like(loss_sum), 0
         history.append(event)
         on_validation(event)
-        running_loss.clear()
-        if val_score < best["score"]:
+        if event.val_score < best["score"]:
             state = accelerator.unwrap_model(model).state_dict()
             best.update(
-                score=val_score,
+                score=event.val_score,
                 step=step,
                 pred=pred,
                 state={k: v.detach().to("cpu", copy=True) for k, v in state.items()},
             )
-        bar.set_postfix({f"val_{metric}": f"{val_score:.4f}", "best": f"{best['score']:.4f}"})
+        bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{best['score']:.4f}"})
         model.train()
 
     model.train()
@@ -179,13 +231,14 @@ def train_fold(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            running_loss.append(loss.item())
+            loss_sum += loss.detach()
+            loss_batches += 1
             samples += len(batch["target"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             step += accelerator.num_processes
             bar.update(accelerator.num_processes)
-            due = step % train.eval_every < accelerator.num_processes and step >= train.eval_start * total_steps
+            due = step % train.eval_every < accelerator.num_processes and step >= first_eval
             if due or step >= total_steps:
                 train_seconds += time.perf_counter() - tick
                 validate()
@@ -204,7 +257,7 @@ def train_fold(
         best_step=best["step"],
         valid_pred=best["pred"],
         test_pred=test_pred,
-        best_state=best["state"],
+        state=best["state"],
         train_seconds=train_seconds,
         train_samples_per_second=samples / max(train_seconds, 1e-9),
         history=history,

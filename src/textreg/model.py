@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from textreg.config import DropoutConfig, ModelConfig, UserError
+from textreg.config import DropoutConfig, ModelConfig
+from textreg.errors import UserError
 
 PACKAGE_PREFIX = "package:"
 

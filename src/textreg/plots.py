@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # figures without pyplot: no backend, no display, no global state
 
+from textreg.files import atomic_write
+from textreg.records import ValidationEvent
+
 
 def _subplots(ncols: int = 1, width: float = 6) -> tuple[Figure, list]:
     fig = Figure(figsize=(width * ncols, 4.5))
@@ -16,9 +19,7 @@ def _subplots(ncols: int = 1, width: float = 6) -> tuple[Figure, list]:
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     return path
 
 
@@ -33,10 +34,10 @@ def oof_scatter(oof: pd.DataFrame, targets: list[str], metric: str, scores: dict
     return _save(fig, path)
 
 
-def validation_curves(histories: dict[int, list[dict]], metric: str, path: Path) -> Path:
+def validation_curves(histories: dict[int, list[ValidationEvent]], metric: str, path: Path) -> Path:
     fig, (ax,) = _subplots()
     for fold, history in sorted(histories.items()):
-        ax.plot([h["step"] for h in history], [h["val_score"] for h in history], marker=".", label=f"fold {fold}")
+        ax.plot([e.step for e in history], [e.val_score for e in history], marker=".", label=f"fold {fold}")
     ax.set(xlabel="optimizer step", ylabel=f"validation {metric}", title="validation curves")
     ax.legend()
     return _save(fig, path)
@@ -51,14 +52,14 @@ def residual_by_length(oof: pd.DataFrame, targets: list[str], path: Path) -> Pat
     return _save(fig, path)
 
 
-def save_all(run_dir: Path, oof: pd.DataFrame, fold_metrics: dict, metrics: dict, targets: list[str]) -> dict:
+def save_all(
+    run_dir: Path, oof: pd.DataFrame, histories: dict[int, list[ValidationEvent]], metrics: dict, targets: list[str]
+) -> dict:
     folder = run_dir / "plots"
     folder.mkdir(exist_ok=True)
     metric = metrics["metric"]
     return {
         "oof_vs_target": oof_scatter(oof, targets, metric, metrics["cv_per_target"], folder / "oof_vs_target.png"),
-        "validation_curves": validation_curves(
-            {k: m["history"] for k, m in fold_metrics.items()}, metric, folder / "validation_curves.png"
-        ),
+        "validation_curves": validation_curves(histories, metric, folder / "validation_curves.png"),
         "residual_by_length": residual_by_length(oof, targets, folder / "residual_by_length.png"),
     }

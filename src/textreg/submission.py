@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from textreg.config import UserError
+from textreg.errors import UserError
 
 
 def check_test_ids(test: pd.DataFrame, sample: pd.DataFrame, id_column: str) -> None:

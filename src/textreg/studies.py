@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from textreg.config import UserError
-from textreg.report import curve_stability, fold_histories
+from textreg.artifacts import is_finished
+from textreg.errors import UserError
+from textreg.experiments import curve_stability, fold_histories
+from textreg.files import write_json, write_text
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -97,8 +99,8 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
     rows = {}
     for setting in dict.fromkeys(run.setting for run in study.runs):
         started = [run_dirs[run.name] for run in study.runs if run.setting == setting]
-        finished = {d: json.loads((d / "metrics.json").read_text()) for d in started if (d / "metrics.json").is_file()}
-        finished = {d: m for d, m in finished.items() if not m["folds_missing"]}  # every fold, or not counted
+        # a run counts once every fold is finished and merged, not before
+        finished = {d: json.loads((d / "metrics.json").read_text()) for d in started if is_finished(d)}
         if not finished:
             continue
         metrics = list(finished.values())
@@ -145,11 +147,10 @@ def markdown(study: Study, rows: list[dict]) -> str:
 
 def write_summaries(studies: list[Study], run_dirs: dict[str, Path], folder: Path) -> str:
     """Each study's table, written to <folder>/<study>.md and .json; returns them all."""
-    folder.mkdir(parents=True, exist_ok=True)
     tables = []
     for study in studies:
         rows = summarize(study, run_dirs)
-        (folder / f"{study.name}.json").write_text(json.dumps(rows, indent=2))
+        write_json(rows, folder / f"{study.name}.json")
         tables.append(markdown(study, rows))
-        (folder / f"{study.name}.md").write_text(tables[-1] + "\n")
+        write_text(tables[-1] + "\n", folder / f"{study.name}.md")
     return "\n\n".join(tables)

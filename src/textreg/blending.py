@@ -18,8 +18,10 @@ from scipy.optimize import minimize
 from sklearn.linear_model import Ridge
 
 from textreg import artifacts
-from textreg.config import Config, UserError
+from textreg.config import Config
 from textreg.data import load_sample_submission, read_csv
+from textreg.errors import UserError
+from textreg.files import read_json, write_csv, write_json
 from textreg.inference import predict_file
 from textreg.metrics import score
 from textreg.submission import make_submission
@@ -91,21 +93,20 @@ def load_members(run_dirs: list[Path]) -> list[Member]:
         raise UserError("an ensemble needs at least two experiment folders")
     members = []
     for run_dir in run_dirs:
-        metrics_path = run_dir / "metrics.json"
-        if not metrics_path.is_file() or not (run_dir / "oof.csv").is_file():
-            raise UserError(f"{run_dir} is not a finished experiment (no metrics.json / oof.csv)")
-        artifacts.check_run_format(run_dir)
-        cfg = artifacts.load_run_config(run_dir)
-        if artifacts.finished_folds(run_dir) != list(range(cfg.cv.n_folds)):
-            raise UserError(f"{run_dir}: not every fold is finished")
+        cfg = artifacts.require_finished(run_dir)
         id_col = cfg.data.id_column
         oof = read_csv(run_dir / "oof.csv").set_index(id_col).sort_index()
         test = read_csv(run_dir / "test_predictions.csv").set_index(id_col)
         members.append(Member(run_dir.name, run_dir, cfg, oof, test))
     first = members[0]
     for other in members[1:]:
-        if other.cfg.data.target_columns != first.cfg.data.target_columns or other.cfg.metric != first.cfg.metric:
-            raise UserError(f"{other.name} and {first.name} predict other targets or use another metric")
+        a, b = other.cfg, first.cfg
+        if (a.data.competition, a.data.target_columns, a.metric) != (
+            b.data.competition,
+            b.data.target_columns,
+            b.metric,
+        ):
+            raise UserError(f"{other.name} and {first.name} belong to other competitions, targets or metrics")
         if not other.oof.index.equals(first.oof.index):
             raise UserError(f"{other.name} and {first.name} have OOF predictions for different ids")
         differ = int((other.oof["fold"] != first.oof["fold"]).sum())
@@ -188,14 +189,14 @@ def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Pat
     oof[[f"{t}_pred" for t in targets]] = apply(
         report["blends"], {m.name: _pred_frame(m.oof, targets) for m in members}, targets
     )
-    artifacts.write_csv(oof.reset_index(), folder / "oof.csv")
+    write_csv(oof.reset_index(), folder / "oof.csv")
     ids = members[0].test.index
     blended = apply(report["blends"], {m.name: m.test.loc[ids] for m in members}, targets)
     submission = make_submission(load_sample_submission(cfg), pd.Series(ids), blended, id_col, targets)
     submission_dir.mkdir(parents=True, exist_ok=True)
     for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
-        artifacts.write_csv(submission, path)
-    artifacts.write_json(report, folder / "weights.json")
+        write_csv(submission, path)
+    write_json(report, folder / "weights.json")
     _track(cfg, report, folder)
     return report
 
@@ -219,7 +220,7 @@ def predict_with_weights(weights_path: Path, input_path: Path, members_root: Pat
     """What a Kaggle notebook does with the hidden test set: every member predicts the file, then the saved
     weights blend them. `members_root`: the folder that holds the member folders, when they have moved (a
     Kaggle dataset). Columns: id, then the targets."""
-    report = artifacts.read_json(weights_path)
+    report = read_json(weights_path)
     dirs = {
         name: members_root / name if members_root else Path(run_dir) for name, run_dir in report["member_dirs"].items()
     }

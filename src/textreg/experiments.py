@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from textreg import artifacts
-from textreg.config import Config, UserError, changed_keys
-
-IGNORED = {"experiment", "folds", "overwrite", "tracking"}
+from textreg.config import RUN_KEYS, Config, changed_keys
+from textreg.errors import UserError
+from textreg.records import ValidationEvent, read_history
 
 
 def load_runs(output_dir: Path, default: Config) -> list[dict]:
@@ -27,26 +27,27 @@ def load_runs(output_dir: Path, default: Config) -> list[dict]:
             continue
         metrics = json.loads(metrics_path.read_text())
         config = artifacts.load_run_config(run_dir).to_dict()  # keys added since get their defaults
-        changed = sorted(k for k in changed_keys(default.to_dict(), config) if k.split(".")[0] not in IGNORED)
+        changed = sorted(k for k in changed_keys(default.to_dict(), config) if k.split(".")[0] not in RUN_KEYS)
         runs.append(
             {"metrics": metrics, "config": config, "changed": changed, "histories": fold_histories(run_dir, metrics)}
         )
     return runs
 
 
-def fold_histories(run_dir: Path, metrics: dict) -> list[list[dict]]:
+def fold_histories(run_dir: Path, metrics: dict) -> list[list[ValidationEvent]]:
     """The validation curve of each finished fold of a run (`history` in its fold<k>/metrics.json)."""
     return [
-        json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text())["history"] for fold in metrics["folds_done"]
+        read_history(json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text()))
+        for fold in metrics["folds_done"]
     ]
 
 
-def curve_stability(histories: list[list[dict]]) -> tuple[float, float]:
+def curve_stability(histories: list[list[ValidationEvent]]) -> tuple[float, float]:
     """Mean over folds of (final - best validation score) and of the mean step-to-step change of the validation
     score over the second half of training: both 0 for a curve that settles."""
     gaps, wobbles = [], []
     for history in histories:
-        scores = np.array([event["val_score"] for event in history])
+        scores = np.array([event.val_score for event in history])
         gaps.append(scores[-1] - scores.min())
         late = scores[len(scores) // 2 :]
         wobbles.append(np.abs(np.diff(late)).mean() if len(late) > 1 else 0.0)

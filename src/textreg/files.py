@@ -1,0 +1,47 @@
+"""Files written whole or not at all: every write goes to a unique temporary file beside its target, then an
+atomic rename. A crash, a full disk or a second process writing the same file never leaves a half-written one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from textreg.errors import UserError
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp)` on a fresh temporary path in `path`'s folder, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The suffix keeps the extension: writers that pick a format by it (matplotlib) still do.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(text: str, path: Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(obj: object, path: Path) -> None:
+    write_text(json.dumps(obj, indent=2), path)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    return json.loads(path.read_text())

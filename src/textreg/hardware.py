@@ -1,0 +1,55 @@
+"""What the hardware does well: the mixed precision to train in, and how many CPU threads each process gets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+# Where launchers say how many processes share this machine: torchrun, Open MPI (accelerate launch on CPUs), MPICH.
+LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_mixed_precision(setting: str) -> str:
+    """`auto`: what `accelerate launch --mixed_precision` asked for, else the fastest the hardware does well."""
+    if setting != "auto":
+        return setting
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched != "no":
+        return launched
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "no"
+
+
+def local_processes() -> int:
+    for name in LOCAL_SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return max(1, int(os.environ[name]))
+    return 1
+
+
+def default_threads() -> int:
+    """Every core this process may run on, shared among the processes of this machine. A launcher that pins each
+    process to its own cores (Open MPI binds by default) has already made the share; otherwise it is divided here.
+    `accelerate launch` sets OMP_NUM_THREADS=1, which torch would otherwise follow: one core for the whole run."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if allowed < (os.cpu_count() or allowed):
+        return allowed
+    return max(1, allowed // local_processes())
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (`train.threads`, or `default_threads()` for null); return the number."""
+    count = threads or default_threads()
+    torch.set_num_threads(count)
+    return count

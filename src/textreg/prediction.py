@@ -1,0 +1,47 @@
+"""One prediction loop for everything the template predicts row by row: validation and test sets while training,
+any file from a run folder, and the frozen embeddings of a classical member."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast of `precision` ("no", "bf16", "fp16") outside Accelerate, which wraps a prepared model itself."""
+    if precision == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_rows(
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    loader: DataLoader,
+    n_rows: int,
+    device: torch.device | None = None,
+    gather: Callable[[tuple], tuple] | None = None,
+) -> np.ndarray:
+    """`forward(batch)` for every batch, put back in place by each item's `row`: an (n_rows, outputs) array, NaN
+    where the loader has no row. `device`: move batches there (an Accelerate loader already does); `gather`:
+    collect every process's part (`accelerator.gather_for_metrics`, which drops the padding duplicates)."""
+    preds, rows = [], []
+    for batch in loader:
+        if device is not None:
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        out, row = forward(batch), batch["row"]
+        if gather is not None:
+            out, row = gather((out, row))
+        preds.append(out.float().cpu())
+        rows.append(row.cpu())
+    rows_all = torch.cat(rows).numpy()
+    if len(np.unique(rows_all)) != len(rows_all):
+        raise RuntimeError("a row was predicted twice: the evaluation loader is not sharded as expected")
+    stacked = torch.cat(preds).numpy()
+    result = np.full((n_rows, stacked.shape[1]), np.nan, dtype=np.float64)
+    result[rows_all] = stacked
+    return result

@@ -1,0 +1,50 @@
+"""Files are written whole or not at all, and two writers of one file never share a temporary file."""
+
+import threading
+
+import pandas as pd
+import pytest
+
+from textreg import files
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    files.write_json({"score": 1}, path)
+
+    def full_disk(tmp):
+        tmp.write_text('{"sco')  # half a file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        files.atomic_write(path, full_disk)
+    assert files.read_json(path) == {"score": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_concurrent_writers_of_one_file_use_their_own_temporaries(tmp_path):
+    path, temporaries, barrier = tmp_path / "folds.csv", [], threading.Barrier(4)
+
+    def writer(value: int) -> None:
+        def write(tmp):
+            temporaries.append(tmp)
+            barrier.wait(timeout=10)  # all four temporaries exist at once
+            pd.DataFrame({"id": range(1000), "fold": value}).to_csv(tmp, index=False)
+
+        files.atomic_write(path, write)
+
+    threads = [threading.Thread(target=writer, args=(value,)) for value in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(temporaries)) == 4 and all(t.parent == tmp_path for t in temporaries)
+    written = pd.read_csv(path)  # one writer's whole file, never a mix
+    assert len(written) == 1000 and written["fold"].nunique() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["folds.csv"]
+
+
+def test_the_temporary_keeps_the_extension(tmp_path):
+    seen = []
+    files.atomic_write(tmp_path / "plot.png", lambda tmp: seen.append(tmp.suffix) or tmp.write_bytes(b"x"))
+    assert seen == [".png"]  # matplotlib picks the format by it
