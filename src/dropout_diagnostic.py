@@ -24,6 +24,7 @@ from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
 from textreg.errors import run_reporting_user_errors
+from textreg.files import atomic_write
 from textreg.model import build_model, load_backbone_config, load_tokenizer
 
 
@@ -45,8 +46,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     )
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
 
 
 def run(args: argparse.Namespace) -> None:

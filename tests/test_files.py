@@ -1,5 +1,7 @@
 """Files are written whole or not at all, and two writers of one file never share a temporary file."""
 
+import os
+import stat
 import threading
 
 import pandas as pd
@@ -48,3 +50,26 @@ def test_the_temporary_keeps_the_extension(tmp_path):
     seen = []
     files.atomic_write(tmp_path / "plot.png", lambda tmp: seen.append(tmp.suffix) or tmp.write_bytes(b"x"))
     assert seen == [".png"]  # matplotlib picks the format by it
+
+
+def test_written_files_and_folders_get_the_usual_modes(tmp_path):
+    files.write_text("x", tmp_path / "a.txt")  # not mkstemp's owner-only 0600
+    files.write_folder_once(tmp_path / "backbone", lambda tmp: (tmp / "config.json").write_text("{}"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "backbone").stat().st_mode) == 0o777 & ~mask
+
+
+def test_a_folder_is_written_once_and_whole(tmp_path):
+    def broken(tmp):
+        (tmp / "tokenizer.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        files.write_folder_once(tmp_path / "backbone", broken)
+    assert list(tmp_path.iterdir()) == []  # no half folder, no temporary
+    files.write_folder_once(tmp_path / "backbone", lambda tmp: (tmp / "config.json").write_text("1"))
+    files.write_folder_once(tmp_path / "backbone", lambda tmp: (tmp / "config.json").write_text("2"))
+    assert (tmp_path / "backbone" / "config.json").read_text() == "1"  # a whole folder is kept as it is
+    assert [p.name for p in tmp_path.iterdir()] == ["backbone"]

@@ -48,7 +48,8 @@ def test_the_cpu_flags_decide_bf16(monkeypatch, tmp_path):
         (8, 8, {}, 8),  # one process: every core
         (8, 8, {"LOCAL_WORLD_SIZE": "2"}, 4),  # torchrun: shared among the machine's processes
         (8, 8, {"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 2),  # accelerate launch on CPUs (mpirun)
-        (2, 8, {"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 2),  # pinned by the launcher: its share is made already
+        (4, 64, {"LOCAL_WORLD_SIZE": "2"}, 2),  # a container's 4 cores shared by 2 processes: never oversubscribed
+        (1, 8, {"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 1),  # pinned to one core each by the launcher
         (2, 2, {"LOCAL_WORLD_SIZE": "4"}, 1),  # never 0
     ],
 )

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import train_in_process
 
 import merge
+import predict
 import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,3 +174,39 @@ def test_training_into_a_folder_of_another_version_is_refused(finished_run, make
     (finished_run / "run.json").write_text(json.dumps({"run_format": 0, "launches": []}))
     assert train.main(["--config", str(make_config())]) == 2
     assert "was written by another version of this template" in capsys.readouterr().err
+
+
+def test_a_run_folder_without_a_key_added_since_resumes(make_config, tmp_path):
+    """A key added to the template gets its default in a saved config too: the folder is not 'another config'."""
+    config = make_config(folds=[0])
+    train_in_process(config)
+    saved = tmp_path / "outputs" / "tiny" / "config.yaml"
+    raw = yaml.safe_load(saved.read_text())
+    del raw["train"]["pad_to_multiple_of"]
+    saved.write_text(yaml.safe_dump(raw))
+    train_in_process(config, "folds=[1]")  # accepted as the same config: fold 1 joins fold 0
+    assert json.loads((tmp_path / "outputs" / "tiny" / "metrics.json").read_text())["folds_missing"] == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        (["model.kind=embedding_ridge", "model.backbone=/no/such/folder"], {}, "cannot be loaded as a local folder"),
+        (["model.kind=tfidf_ridge"], {"WORLD_SIZE": "2"}, "fits in one process: run it with `python src/train.py`"),
+    ],
+    ids=["bad-backbone", "several-processes"],
+)
+def test_a_classical_member_that_cannot_run_stops_before_writing(
+    make_config, tmp_path, capsys, monkeypatch, overrides, env, message
+):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert train.main(["--config", str(make_config()), *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "tiny").exists()
+
+
+def test_a_damaged_merge_is_refused_by_prediction(finished_run, competition, capsys):
+    (finished_run / "metrics.json").write_text('{"cv_sco')
+    assert predict.main([str(finished_run), "--input", str(competition / "test.csv")]) == 2
+    assert "metrics.json is damaged" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 outputs/<experiment>/config.yaml          resolved config
                     folds.csv            fold assignment (id, fold)
-                    backbone/            tokenizer and backbone config (to predict offline)
+                    backbone/            what predicting needs besides the folds: the tokenizer and config of a
+                                         fine-tuned backbone; the tokenizer (and the weights, for embeddings)
+                                         of a classical member's backbone
                     fold<k>/model.safetensors, oof.csv, test.csv, metrics.json
                     oof.csv              id, fold, targets, <target>_pred (merged over folds)
                     test_predictions.csv id, <target>_fold<k> and their mean <target>
@@ -53,7 +55,8 @@ def check_run_dir(cfg: Config) -> None:
     if cfg.overwrite or not saved_path.is_file():
         return
     check_run_format(run_dir)
-    saved, current = _comparable(yaml.safe_load(saved_path.read_text())), _comparable(cfg.to_dict())
+    # validated, so that keys added to the template since get their defaults, as they do in `cfg`
+    saved, current = _comparable(load_run_config(run_dir).to_dict()), _comparable(cfg.to_dict())
     if saved != current:
         keys = sorted(changed_keys(saved, current))
         raise UserError(
@@ -64,7 +67,7 @@ def check_run_dir(cfg: Config) -> None:
 
 def check_run_format(run_dir: Path) -> None:
     path = run_dir / "run.json"
-    found = json.loads(path.read_text()).get("run_format") if path.is_file() else None
+    found = _read_json(path).get("run_format") if path.is_file() else None
     if found != RUN_FORMAT:
         raise UserError(
             f"{run_dir} was written by another version of this template (run format {found}, this one reads "
@@ -151,22 +154,34 @@ def finished_folds(run_dir: Path) -> list[int]:
     return sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/metrics.json"))
 
 
-def require_finished(run_dir: Path) -> Config:
-    """The one notion of a finished run: a run folder of this template's format whose every fold is finished and
-    whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if not."""
+def open_run(run_dir: Path) -> Config:
+    """The config of a run folder of this template's format."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
     check_run_format(run_dir)
-    cfg = load_run_config(run_dir)
+    return load_run_config(run_dir)
+
+
+def require_finished(run_dir: Path) -> Config:
+    """The one notion of a finished run: a run folder of this template's format whose every fold is finished and
+    whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if not."""
+    cfg = open_run(run_dir)
     missing = sorted(set(range(cfg.cv.n_folds)) - set(finished_folds(run_dir)))
     if missing:
         raise UserError(f"{run_dir}: folds {missing} are not finished; train them (folds={missing})")
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file() or json.loads(metrics.read_text())["folds_missing"]:
+    merged = [run_dir / name for name in ("metrics.json", "oof.csv", "test_predictions.csv")]
+    if not all(path.is_file() for path in merged) or _read_json(merged[0]).get("folds_missing") != []:
         raise UserError(f"{run_dir}: its folds are not merged; run `python src/merge.py {run_dir}`")
     for fold in range(cfg.cv.n_folds):
         check_fold_dir(run_dir / f"fold{fold}")
     return cfg
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is damaged ({err}); run `python src/merge.py {path.parent}` again") from err
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -190,15 +205,15 @@ def check_fold_dir(fold_dir: Path) -> None:
 
 
 def load_run_config(run_dir: Path) -> Config:
-    return validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    try:
+        return validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    except yaml.YAMLError as err:
+        raise UserError(f"{run_dir}/config.yaml is damaged ({err})") from err
 
 
 def finalize(run_dir: Path) -> dict:
     """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there."""
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
-    check_run_format(run_dir)
-    cfg = load_run_config(run_dir)
+    cfg = open_run(run_dir)
     id_col, targets = cfg.data.id_column, cfg.data.target_columns
     done = finished_folds(run_dir)
     if not done:
@@ -234,7 +249,6 @@ def finalize(run_dir: Path) -> dict:
     if not missing:
         sample = load_sample_submission(cfg)
         submission = make_submission(sample, merged[id_col], test_pred, id_col, targets)
-        cfg.submission_dir.mkdir(parents=True, exist_ok=True)
         path = cfg.submission_dir / f"{cfg.experiment}.csv"
         write_csv(submission, path)
         metrics["submission"] = str(path)

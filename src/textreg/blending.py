@@ -183,7 +183,6 @@ def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Pat
     cfg, targets = members[0].cfg, members[0].cfg.data.target_columns
     id_col = cfg.data.id_column
     folder = output_dir / "ensembles" / name
-    folder.mkdir(parents=True, exist_ok=True)
     report = {"name": name, "member_dirs": {m.name: str(m.run_dir) for m in members}, **report}
     oof = members[0].oof[["fold", *targets]].copy()
     oof[[f"{t}_pred" for t in targets]] = apply(
@@ -193,7 +192,6 @@ def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Pat
     ids = members[0].test.index
     blended = apply(report["blends"], {m.name: m.test.loc[ids] for m in members}, targets)
     submission = make_submission(load_sample_submission(cfg), pd.Series(ids), blended, id_col, targets)
-    submission_dir.mkdir(parents=True, exist_ok=True)
     for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
         write_csv(submission, path)
     write_json(report, folder / "weights.json")

@@ -27,9 +27,11 @@ from transformers import AutoModel
 
 from textreg.batching import Collator, eval_loader, tokenize
 from textreg.config import Config, GBMConfig
-from textreg.hardware import set_threads
+from textreg.errors import UserError
+from textreg.files import write_folder_once
+from textreg.hardware import launched_processes, set_threads
 from textreg.metrics import per_target, score
-from textreg.model import load_tokenizer, mean_pool, resolve_backbone
+from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
 from textreg.prediction import predict_rows
 from textreg.readability import FEATURES, feature_matrix
 from textreg.records import FoldResult, Listener, ValidationEvent
@@ -135,7 +137,10 @@ def predict_member(cfg: Config, state: dict, vocabulary: list[str] | None, input
 
 def predict_folds(cfg: Config, run_dir: Path, texts: list[str], folds: list[int]) -> dict[int, np.ndarray]:
     """Each fold's predictions for `texts`, from the run folder alone."""
-    inputs = member_inputs(cfg, run_dir / "backbone", texts)
+    backbone = run_dir / "backbone"
+    if not backbone.is_dir() and cfg.model.kind != "tfidf_ridge":  # a run folder made before members kept theirs
+        backbone = resolve_backbone(cfg.model.backbone)
+    inputs = member_inputs(cfg, backbone, texts)
     predictions = {}
     for fold in folds:
         fold_dir = run_dir / f"fold{fold}"
@@ -154,8 +159,16 @@ class ClassicalMember:
     print = staticmethod(print)
 
     def __init__(self, cfg: Config) -> None:
+        if launched_processes() > 1:
+            raise UserError(
+                f"model.kind={cfg.model.kind} fits in one process: run it with `python src/train.py`, not under a "
+                "launcher of several processes"
+            )
         self.cfg = cfg
-        self.backbone_path = resolve_backbone(cfg.model.backbone) if cfg.model.kind != "tfidf_ridge" else None
+        self.backbone_path = None
+        if cfg.model.kind != "tfidf_ridge":  # checked before anything is written: a UserError if it does not load
+            self.backbone_path, _ = load_backbone_config(cfg.model)
+            self.tokenizer = load_tokenizer(self.backbone_path)
         self.threads = set_threads(cfg.train.threads)
 
     def wait_for_everyone(self) -> None:
@@ -171,9 +184,13 @@ class ClassicalMember:
         """The backbone the features need again at prediction time: its tokenizer, and for embeddings its weights."""
         if self.backbone_path is None:
             return
-        load_tokenizer(self.backbone_path).save_pretrained(folder)
-        if self.cfg.model.kind == "embedding_ridge":
-            AutoModel.from_pretrained(self.backbone_path).save_pretrained(folder)
+
+        def write(tmp: Path) -> None:
+            self.tokenizer.save_pretrained(tmp)
+            if self.cfg.model.kind == "embedding_ridge":
+                AutoModel.from_pretrained(self.backbone_path).save_pretrained(tmp)
+
+        write_folder_once(folder, write)
 
     def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None:
         tick = time.perf_counter()

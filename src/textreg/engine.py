@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from transformers import get_scheduler
 
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.config import Config, TrainConfig
+from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_threads
 from textreg.metrics import per_target, score
 from textreg.model import (
@@ -63,10 +65,14 @@ class TransformerMember:
             f"thread(s) each, mixed precision {acc.mixed_precision}"
         )
 
-    def save_assets(self, folder) -> None:
+    def save_assets(self, folder: Path) -> None:
         """What prediction needs besides the fold checkpoints: the tokenizer and the backbone's config."""
-        self.tokenizer.save_pretrained(folder)
-        self.backbone_config.save_pretrained(folder)
+
+        def write(tmp: Path) -> None:
+            self.tokenizer.save_pretrained(tmp)
+            self.backbone_config.save_pretrained(tmp)
+
+        write_folder_once(folder, write)
 
     def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None:
         max_len = self.cfg.model.max_len

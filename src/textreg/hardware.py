@@ -39,13 +39,19 @@ def local_processes() -> int:
 
 
 def default_threads() -> int:
-    """Every core this process may run on, shared among the processes of this machine. A launcher that pins each
-    process to its own cores (Open MPI binds by default) has already made the share; otherwise it is divided here.
-    `accelerate launch` sets OMP_NUM_THREADS=1, which torch would otherwise follow: one core for the whole run."""
+    """The cores this process may run on, shared among the processes of this machine. `accelerate launch` sets
+    OMP_NUM_THREADS=1, which torch would otherwise follow: one core for the whole run. Dividing never
+    oversubscribes: processes that share one set of cores split it, and a process pinned to its own core keeps 1."""
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if allowed < (os.cpu_count() or allowed):
-        return allowed
     return max(1, allowed // local_processes())
+
+
+def launched_processes() -> int:
+    """Processes of the whole run, on every machine (torchrun's WORLD_SIZE, Open MPI's, MPICH's)."""
+    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return max(1, int(os.environ[name]))
+    return 1
 
 
 def set_threads(threads: int | None) -> int:

@@ -1,7 +1,7 @@
 """Cross-validation driver: config -> data and folds -> member -> fold loop -> artefacts.
 
 One fold loop for every kind of member: a fine-tuned backbone (`engine.TransformerMember`, one process or many)
-or a classical fit (`classical.ClassicalMember`, one process). A member tells what it needs saved, reads its
+or a classical fit (`classical.ClassicalMember`, one process only). A member tells what it needs saved, reads its
 texts once, and fits one fold at a time; the loop keeps finished folds, tracks each fold as a W&B run, writes
 each fold's files from the main process, and merges them at the end.
 """
@@ -60,7 +60,8 @@ def run_cv(cfg: Config) -> dict | None:
     finished = artifacts.finished_folds(run_dir)
     to_fit = [fold for fold in folds if fold not in finished]
     targets = train_df[cfg.data.target_columns].to_numpy()
-    member.prepare(texts, model_inputs(test_df, cfg.data, member.separator), targets, len(to_fit))
+    if to_fit:  # tokenizing or embedding every text is work only a fold to fit needs
+        member.prepare(texts, model_inputs(test_df, cfg.data, member.separator), targets, len(to_fit))
     tracker = Tracker(cfg, member.is_main_process)
     fold_of_row = train_df["fold"].to_numpy()
     for fold in folds:

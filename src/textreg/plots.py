@@ -56,7 +56,6 @@ def save_all(
     run_dir: Path, oof: pd.DataFrame, histories: dict[int, list[ValidationEvent]], metrics: dict, targets: list[str]
 ) -> dict:
     folder = run_dir / "plots"
-    folder.mkdir(exist_ok=True)
     metric = metrics["metric"]
     return {
         "oof_vs_target": oof_scatter(oof, targets, metric, metrics["cv_per_target"], folder / "oof_vs_target.png"),
