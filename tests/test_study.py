@@ -69,6 +69,8 @@ def fake_run(run_dir: Path, curves: list[list[float]], n_folds: int | None = Non
         for name in ("oof.csv", "test.csv"):
             (fold_dir / name).write_text("id\n")
         write_json({**folds[str(k)], "history": history}, fold_dir / "metrics.json")
+    for name in ("oof.csv", "test_predictions.csv"):
+        (run_dir / name).write_text("id\n")
     done = list(range(len(curves)))
     summary = {
         "cv_score": sum(min(c) for c in curves) / len(curves),

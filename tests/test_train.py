@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import merge
 import train
+from textreg.config import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,11 +124,12 @@ def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys
     config = make_config()
     run_dir = tmp_path / "outputs" / "tiny"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text("experiment: tiny\ntrain: {lr: 0.5}\n")
+    save_config(load_config(config, ["train.lr=0.5"]), run_dir / "config.yaml")
+    saved = (run_dir / "config.yaml").read_text()
     (run_dir / "run.json").write_text('{"run_format": 1, "launches": []}')
     assert train.main(["--config", str(config)]) == 2
-    assert "holds a run of another config (differs in" in capsys.readouterr().err
-    assert (run_dir / "config.yaml").read_text().startswith("experiment: tiny\ntrain: {lr: 0.5}")
+    assert "holds a run of another config (differs in train.lr)" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").read_text() == saved
 
 
 def corrupt(data_dir: Path, how: str) -> None:
