@@ -22,12 +22,24 @@ def test_bucket_order_depends_on_seed_and_epoch_only():
 
     def epochs(seed):
         sampler = BucketBatchSampler(lengths, 8, seed)
-        return [list(sampler), list(sampler)]
+        orders = []
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            orders.append(list(sampler))
+        return orders
 
     first, second = epochs(3)
     assert first == epochs(3)[0] and second == epochs(3)[1]  # reproducible, the same on every process
     assert first != second  # a new order every epoch
     assert first != epochs(4)[0]
+
+
+def test_without_bucketing_batches_are_plain_shuffled_slices():
+    lengths = list(range(64))
+    sampler = BucketBatchSampler(lengths, 8, seed=0, chunk_batches=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == lengths
+    assert max(max(b) - min(b) for b in batches) > 8  # not bucketed: a batch mixes far-apart lengths
 
 
 def test_collator_pads_to_the_longest_in_the_batch():

@@ -59,6 +59,8 @@ def test_defaults_are_merged_in_order_then_own_keys(tmp_path):
         ("model.dropout.config={hidden_dropout_prob: 0.1}", r"contradicts dropout.disable=true"),
         ("experiment=a/b", r"experiment: String should match pattern"),
         ("train.lr", r"not of the form key.sub=value"),
+        ("train.checkpoint_every=0", r"train\.checkpoint_every: .*a number of optimizer steps \(>= 1\)"),
+        ("train.checkpoint_every=15m", r"train\.checkpoint_every: .*a duration such as '15min'"),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(override, expected):

@@ -149,7 +149,7 @@ def test_merge_refuses_damaged_folds_and_other_versions_writing_nothing(finished
 
     (finished_run / "fold1" / "test.csv").rename(finished_run / "test.csv.bak")
     assert merge.main([str(finished_run)]) == 2
-    assert "fold1: missing ['test.csv']; train the fold again (folds=[1])" in capsys.readouterr().err
+    assert "fold1: missing ['test.csv']; delete " in capsys.readouterr().err
     (finished_run / "test.csv.bak").rename(finished_run / "fold1" / "test.csv")
 
     checkpoint = finished_run / "fold0" / "model.safetensors"
@@ -157,6 +157,10 @@ def test_merge_refuses_damaged_folds_and_other_versions_writing_nothing(finished
     checkpoint.write_bytes(b"\x00" * 64)
     assert merge.main([str(finished_run)]) == 2
     assert "fold0/model.safetensors is corrupt" in capsys.readouterr().err
+    launches = (finished_run / "run.json").read_text()
+    assert train.main(["--config", str(finished_run / "config.yaml")]) == 2  # a rerun reads it first, too
+    assert "fold0/model.safetensors is corrupt" in capsys.readouterr().err
+    assert (finished_run / "run.json").read_text() == launches
     checkpoint.write_bytes(good)
 
     run_json = finished_run / "run.json"

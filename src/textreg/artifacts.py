@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from textreg import plots
-from textreg.config import RUN_KEYS, Config, changed_keys, save_config, validate
+from textreg.config import Config, changed_keys, is_run_key, save_config, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
 from textreg.files import atomic_write, write_csv, write_json
@@ -44,8 +44,13 @@ RUN_FORMAT = 1  # the layout of a run folder; bump it when that changes, so old 
 FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
 
 
-def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in RUN_KEYS}
+def _comparable(cfg: dict, prefix: str = "") -> dict:
+    """The config without its RUN_KEYS (dotted keys reach into sections)."""
+    return {
+        key: _comparable(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+        for key, value in cfg.items()
+        if not is_run_key(prefix + key)
+    }
 
 
 def check_run_dir(cfg: Config) -> None:
@@ -196,12 +201,16 @@ def check_fold_dir(fold_dir: Path) -> None:
     """Every file of a finished fold is there, and the checkpoint's header reads."""
     missing = [name for name in FOLD_FILES if not (fold_dir / name).is_file()]
     if missing:
-        raise UserError(f"{fold_dir}: missing {missing}; train the fold again (folds=[{fold_dir.name[4:]}])")
+        raise UserError(f"{fold_dir}: missing {missing}; {_train_again(fold_dir)}")
     try:
         with safe_open(fold_dir / "model.safetensors", framework="pt") as checkpoint:
             checkpoint.keys()
     except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise UserError(f"{fold_dir}/model.safetensors is corrupt ({err}); train the fold again") from err
+        raise UserError(f"{fold_dir}/model.safetensors is corrupt ({err}); {_train_again(fold_dir)}") from err
+
+
+def _train_again(fold_dir: Path) -> str:
+    return f"delete {fold_dir} and train the fold again (folds=[{fold_dir.name[4:]}])"
 
 
 def load_run_config(run_dir: Path) -> Config:

@@ -67,8 +67,10 @@ class BucketBatchSampler(Sampler[list[int]]):
     """Shuffled batches of similar lengths.
 
     Indices are shuffled, cut into chunks of `batch_size * chunk_batches`, each chunk sorted by length and cut
-    into batches, and the batches shuffled again: little padding, yet every epoch sees new batches. The order
-    depends only on the seed and the epoch, so every process of a distributed run draws the same one.
+    into batches, and the batches shuffled again: little padding, yet every epoch sees new batches. With
+    `chunk_batches=1` a chunk is one batch: plain shuffled batches. The order depends only on the seed and the
+    epoch set by `set_epoch`, so every process of a distributed run draws the same one, and a fold resumed
+    mid-epoch draws the batches it had not seen yet.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, chunk_batches: int = 50) -> None:
@@ -95,15 +97,13 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
         yield from batches
-        self.epoch += 1
 
 
 def train_loader(dataset: TextDataset, batch_size: int, seed: int, bucketing: bool, collate: Collator) -> DataLoader:
-    if bucketing:
-        sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    """Batches drawn from the seed and the epoch alone. The loader has a generator of its own, so iterating it
+    leaves the global random state (dropout's) alone: a resumed fold draws the same numbers as an unbroken one."""
+    sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed, chunk_batches=50 if bucketing else 1)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
 
 
 def eval_loader(input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator) -> DataLoader:

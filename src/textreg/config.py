@@ -8,6 +8,7 @@ is built, so a typo stops the run in a second with a message that names the key 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,15 @@ from textreg.errors import UserError
 from textreg.files import write_text
 
 # Keys that name a run or steer one launch of it, not what it computes: runs that differ only in them share results.
-RUN_KEYS = ("experiment", "folds", "overwrite", "tracking")
+RUN_KEYS = ("experiment", "folds", "overwrite", "tracking", "train.checkpoint_every")
+
+
+def is_run_key(key: str) -> bool:
+    """Whether a dotted key is one of RUN_KEYS or inside one."""
+    return any(key == run_key or key.startswith(run_key + ".") for run_key in RUN_KEYS)
+
+
+MINUTES = re.compile(r"(\d+(?:\.\d+)?)min")
 
 
 class _Section(BaseModel):
@@ -142,6 +151,19 @@ class TrainConfig(_Section):
         return "no" if value is False else value  # YAML reads an unquoted `no` as false
 
     fused_optimizer: bool = Field(default=True, description="fused AdamW kernel; false: foreach")
+    checkpoint_every: int | str | None = Field(
+        default="15min",
+        description="save the fold's training state every N optimizer steps, or every 'Nmin' minutes; a rerun "
+        "resumes from it; null: never",
+    )
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _steps_or_minutes(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1 or isinstance(value, str) and not MINUTES.fullmatch(value):
+            raise ValueError("give a number of optimizer steps (>= 1), a duration such as '15min', or null")
+        return value
+
     compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
     threads: int | None = Field(
         default=None,

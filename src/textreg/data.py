@@ -19,9 +19,16 @@ def read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"data file not found: {path} (run `make data`, see README)")
     try:
-        return pd.read_csv(path)
+        df = pd.read_csv(path)
+        header = pd.read_csv(path, header=None, nrows=1).iloc[0].tolist()  # pandas renames a repeated name
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path}: cannot be read as CSV: {err}") from err
+    repeated = sorted({str(name) for name in header if header.count(name) > 1})
+    if repeated:
+        raise UserError(f"{path}: column name(s) {repeated} appear more than once in the header")
+    if df.empty:
+        raise UserError(f"{path}: holds no rows, only the header")
+    return df
 
 
 def _require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from textreg import checkpoints
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.config import Config, TrainConfig
 from textreg.files import write_folder_once
@@ -104,6 +105,7 @@ class TransformerMember:
             valid_rows,
             len(self.test_ids),
             listener,
+            cfg.run_dir / f"fold{fold}",
         )
 
     def fold_model(self, train_targets: np.ndarray, probe: dict) -> RegressionModel:
@@ -162,9 +164,11 @@ def train_fold(
     valid_rows: np.ndarray,
     n_test: int,
     on_validation: Listener = lambda event: None,
+    fold_dir: Path | None = None,
 ) -> FoldResult:
     """Train one fold, validating every `eval_every` optimizer steps once `eval_start` of the steps are done, and
-    at the last step; keep the weights of the best step (lowest `metric`)."""
+    at the last step; keep the weights of the best step (lowest `metric`). With a `fold_dir`, save checkpoints there
+    every `checkpoint_every`, and resume from the last one found."""
     optimizer = build_optimizer(model, train)
     if train.compile:
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
@@ -187,47 +191,44 @@ def train_fold(
         num_training_steps=total_steps,
     )
     units = model  # the bare model, for the target scaling buffers
+    sampler = loaders["train"].batch_sampler  # set_epoch through Accelerate's wrappers does not always reach it
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["valid"], loaders["test"], scheduler
     )
+    plan = {"steps": total_steps, "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes}
+    p = resume(accelerator, fold, fold_dir, plan, on_validation)
+    schedule = checkpoints.Schedule(train.checkpoint_every if fold_dir else None, p.step, accelerator.num_processes)
     valid_targets = targets[valid_rows]
-    step, samples, train_seconds = 0, 0, 0.0
-    best = {"score": math.inf, "step": 0, "pred": None, "state": None}
-    history: list[ValidationEvent] = []
-    # The loss is summed on the device and read at validation: no host-device sync in the hot loop.
-    loss_sum, loss_batches = torch.zeros((), device=accelerator.device), 0
-    bar = tqdm(total=total_steps, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=total_steps, initial=p.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
 
     def validate() -> None:
-        nonlocal loss_sum, loss_batches
         pred = predict(accelerator, model, valid_dl, len(targets))[valid_rows]
         event = ValidationEvent(
-            step=step,
-            epoch=round(step / steps_per_epoch, 3),
+            step=p.step,
+            epoch=round(p.step / steps_per_epoch, 3),
             val_score=score(metric, valid_targets, pred),
             val_per_target=per_target(metric, valid_targets, pred).tolist(),
-            samples_per_second=samples / max(train_seconds, 1e-9),
-            train_loss=loss_sum.item() / max(loss_batches, 1),  # sync: once per validation
+            samples_per_second=p.samples / max(p.train_seconds, 1e-9),
+            train_loss=p.loss_sum.item() / max(p.loss_batches, 1),  # sync: once per validation
             lr=scheduler.get_last_lr()[0],
         )
-        loss_sum, loss_batches = torch.zeros_like(loss_sum), 0
-        history.append(event)
+        p.loss_sum, p.loss_batches = torch.zeros_like(p.loss_sum), 0
+        p.history.append(event)
         on_validation(event)
-        if event.val_score < best["score"]:
+        if event.val_score < p.best_score:
             state = accelerator.unwrap_model(model).state_dict()
-            best.update(
-                score=event.val_score,
-                step=step,
-                pred=pred,
-                state={k: v.detach().to("cpu", copy=True) for k, v in state.items()},
-            )
-        bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{best['score']:.4f}"})
+            p.best_score, p.best_step, p.best_pred = event.val_score, p.step, pred
+            p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{p.best_score:.4f}"})
         model.train()
 
     model.train()
-    while step < total_steps:
+    while p.step < total_steps:
+        sampler.set_epoch(p.epoch)
+        train_dl.set_epoch(p.epoch)
+        batches = accelerator.skip_first_batches(train_dl, p.batches_in_epoch) if p.batches_in_epoch else train_dl
         tick = time.perf_counter()
-        for batch in train_dl:
+        for batch in batches:
             with accelerator.accumulate(model):
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 loss = nn.functional.mse_loss(out.float(), units.to_model_units(batch["target"]))
@@ -237,34 +238,58 @@ def train_fold(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            loss_batches += 1
-            samples += len(batch["target"]) * accelerator.num_processes
+            p.loss_sum += loss.detach()  # summed on the device: no host-device sync in the hot loop
+            p.loss_batches += 1
+            p.batches_in_epoch += 1
+            p.samples += len(batch["target"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            step += accelerator.num_processes
+            p.step += accelerator.num_processes
             bar.update(accelerator.num_processes)
-            due = step % train.eval_every < accelerator.num_processes and step >= first_eval
-            if due or step >= total_steps:
-                train_seconds += time.perf_counter() - tick
+            due = p.step % train.eval_every < accelerator.num_processes and p.step >= first_eval
+            if due or p.step >= total_steps:
+                p.train_seconds += time.perf_counter() - tick
                 validate()
                 tick = time.perf_counter()
-            if step >= total_steps:
+            if p.step >= total_steps:
                 break
-        train_seconds += time.perf_counter() - tick
+            if schedule.due(p.step):
+                p.train_seconds += time.perf_counter() - tick
+                seconds = checkpoints.save(accelerator, fold_dir, p, plan)
+                accelerator.print(f"fold {fold}: checkpoint at step {p.step} saved in {seconds:.1f} s")
+                tick = time.perf_counter()
+        else:  # the epoch ran to its end
+            p.epoch, p.batches_in_epoch = p.epoch + 1, 0
+        p.train_seconds += time.perf_counter() - tick
     bar.close()
 
-    accelerator.unwrap_model(model).load_state_dict(best["state"])
+    accelerator.unwrap_model(model).load_state_dict(p.best_state)
     test_pred = predict(accelerator, model, test_dl, n_test)
     accelerator.free_memory()
     return FoldResult(
         fold=fold,
-        best_score=best["score"],
-        best_step=best["step"],
-        valid_pred=best["pred"],
+        best_score=p.best_score,
+        best_step=p.best_step,
+        valid_pred=p.best_pred,
         test_pred=test_pred,
-        state=best["state"],
-        train_seconds=train_seconds,
-        train_samples_per_second=samples / max(train_seconds, 1e-9),
-        history=history,
+        state=p.best_state,
+        train_seconds=p.train_seconds,
+        train_samples_per_second=p.samples / max(p.train_seconds, 1e-9),
+        history=p.history,
     )
+
+
+def resume(
+    accelerator: Accelerator, fold: int, fold_dir: Path | None, plan: dict, on_validation: Listener
+) -> checkpoints.FoldProgress:
+    """The progress of the fold's last whole checkpoint, its states restored; a fresh start when there is none."""
+    found = checkpoints.complete(fold_dir) if fold_dir else []
+    if not found:
+        progress = checkpoints.FoldProgress()
+    else:
+        progress = checkpoints.load(accelerator, found[-1], plan)
+        accelerator.print(f"fold {fold}: resuming from {found[-1]} (step {progress.step} of {plan['steps']})")
+        for event in progress.history:
+            on_validation(event)  # the fold's new W&B run shows the whole curve
+    progress.loss_sum = progress.loss_sum.to(accelerator.device)
+    return progress

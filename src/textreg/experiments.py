@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from textreg import artifacts
-from textreg.config import RUN_KEYS, Config, changed_keys
+from textreg.config import Config, changed_keys, is_run_key
 from textreg.errors import UserError
 from textreg.records import ValidationEvent, read_history
 
@@ -27,7 +27,7 @@ def load_runs(output_dir: Path, default: Config) -> list[dict]:
             continue
         metrics = json.loads(metrics_path.read_text())
         config = artifacts.load_run_config(run_dir).to_dict()  # keys added since get their defaults
-        changed = sorted(k for k in changed_keys(default.to_dict(), config) if k.split(".")[0] not in RUN_KEYS)
+        changed = sorted(k for k in changed_keys(default.to_dict(), config) if not is_run_key(k))
         runs.append(
             {"metrics": metrics, "config": config, "changed": changed, "histories": fold_histories(run_dir, metrics)}
         )

@@ -14,11 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
-from textreg import artifacts
+from textreg import artifacts, checkpoints
 from textreg.classical import ClassicalMember
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
 from textreg.engine import TransformerMember
+from textreg.errors import UserError
 from textreg.files import write_csv
 from textreg.records import FoldResult, Listener, ValidationEvent
 from textreg.submission import check_test_ids
@@ -45,9 +46,14 @@ def run_cv(cfg: Config) -> dict | None:
     check_test_ids(test_df, load_sample_submission(cfg), cfg.data.id_column)
     folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
     member: Member = TransformerMember(cfg) if cfg.model.kind == "transformer" else ClassicalMember(cfg)
+    check_batch_size(cfg, len(train_df))
     artifacts.check_run_dir(cfg)
-    train_df = assign_folds(train_df, cfg, member.is_main_process)
     run_dir = cfg.run_dir
+    for fold in folds:  # a damaged file a rerun would read is reported before anything is written
+        if fold in artifacts.finished_folds(run_dir):
+            artifacts.check_fold_dir(run_dir / f"fold{fold}")
+        checkpoints.check_latest(run_dir / f"fold{fold}")
+    train_df = assign_folds(train_df, cfg, member.is_main_process)
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
         artifacts.prepare_run_dir(cfg, artifacts.describe_environment(folds, member.describe()))
@@ -67,6 +73,8 @@ def run_cv(cfg: Config) -> dict | None:
     for fold in folds:
         if fold not in to_fit:
             member.print(f"fold {fold}: finished before, kept (overwrite=true trains every fold again)")
+            if member.is_main_process:
+                checkpoints.remove_all(run_dir / f"fold{fold}")  # left by a stop between the fold's files and this
             continue
         valid_rows, train_rows = np.flatnonzero(fold_of_row == fold), np.flatnonzero(fold_of_row != fold)
         with tracker.fold_run(fold):
@@ -76,12 +84,23 @@ def run_cv(cfg: Config) -> dict | None:
             tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
             if member.is_main_process:
                 artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
+                checkpoints.remove_all(run_dir / f"fold{fold}")
         member.print(f"fold {fold}: best val {cfg.metric} {result.best_score:.4f} at step {result.best_step}")
         member.wait_for_everyone()
 
     if not member.is_main_process:
         return None
     return finish_experiment(run_dir, tracker)
+
+
+def check_batch_size(cfg: Config, n_rows: int) -> None:
+    """A batch larger than a fold's training rows would make every epoch one short batch: a config mistake."""
+    fold_rows = n_rows - -(-n_rows // cfg.cv.n_folds)  # the training rows of the fold with the largest validation
+    if cfg.model.kind == "transformer" and cfg.train.batch_size > fold_rows:
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} is larger than a fold's {fold_rows} training rows "
+            f"({n_rows} rows, {cfg.cv.n_folds} folds); lower the batch size"
+        )
 
 
 def finish_experiment(run_dir: Path, tracker: Tracker | None = None) -> dict:
