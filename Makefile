@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 COMPETITION ?= commonlitreadabilityprize
 LAUNCH_ARGS ?=
+NAME ?=
 ARGS ?=
 
-.PHONY: setup venv data train test test-fast lint
+.PHONY: setup venv data backbone train test test-fast lint
 
 setup: venv data
 
@@ -22,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 data:
 	@bash scripts/get_data.sh $(COMPETITION) input/$(COMPETITION)
+
+# A backbone of configs/backbones.yaml into input/backbones/ (`make backbone` lists them); a second run does nothing.
+backbone: venv
+	$(BIN)/python src/get_backbone.py $(NAME)
 
 train: setup
 	$(BIN)/accelerate launch $(LAUNCH_ARGS) src/train.py --config $(CONFIG) $(ARGS)

@@ -89,11 +89,8 @@ def _defaults_set_again(raw: dict, section: type, prefix: str = "") -> list[str]
     return again
 
 
-SHIPPED = ["default.yaml", "data/commonlit.yaml", "model/minilm.yaml", "debug.yaml", "summaries.yaml"]
-SHIPPED += [
-    "data/commonlit_summaries.yaml",
-    *(f"experiment/{p.name}" for p in (REPO / "configs" / "experiment").glob("*")),
-]
+SHIPPED = ["default.yaml", "debug.yaml", "summaries.yaml"]
+SHIPPED += [f"{d}/{p.name}" for d in ("data", "model", "experiment") for p in (REPO / "configs" / d).glob("*")]
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

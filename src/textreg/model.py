@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from textreg.backbones import BACKBONES_DIR
 from textreg.config import DropoutConfig, ModelConfig
 from textreg.errors import UserError
 
@@ -46,10 +47,20 @@ def load_backbone_config(model_cfg: ModelConfig) -> tuple[str, PretrainedConfig]
     except (OSError, ValueError) as err:
         raise UserError(
             f"model.backbone={model_cfg.backbone!r}: cannot be loaded as a local folder, an installed "
-            f"package (package:<name>) or a hub id: {str(err).splitlines()[0]}"
+            f"package (package:<name>) or a hub id: {str(err).splitlines()[0]}{_missing_folder_hint(path)}"
         ) from err
     apply_dropout_config(config, model_cfg.dropout)
     return path, config
+
+
+def _missing_folder_hint(path: str) -> str:
+    """What to do about a folder that is not there; a hub id is `<name>` or `<owner>/<name>`, never a longer path."""
+    if Path(path).is_dir() or (path.count("/") <= 1 and not path.startswith((".", "/", "~"))):
+        return ""
+    where = "" if Path(path).is_absolute() else f" under {Path.cwd()} (a relative path starts where the command runs)"
+    registered = Path(path).parts[:2] == BACKBONES_DIR.parts
+    fetch = "; `make backbone` lists the backbones it fetches there" if registered else ""
+    return f"; there is no folder {path}{where}{fetch}"
 
 
 def apply_dropout_config(config: PretrainedConfig, dropout: DropoutConfig) -> None:
