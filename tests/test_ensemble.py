@@ -13,6 +13,7 @@ from fake_wandb import fake_wandb_fixture  # noqa: F401 (the fake_wandb fixture)
 
 import ensemble as ensemble_cli
 import predict as predict_cli
+from textreg import blending
 from textreg.blending import METHODS, default_name, nested_oof
 from textreg.errors import UserError
 from textreg.submission import check_submission, make_submission
@@ -203,3 +204,30 @@ def test_an_unfinished_or_unmerged_member_is_refused(make_config, tmp_path, caps
     assert ensemble_cli.main([str(outputs / "tiny"), str(outputs / "half"), *args]) == 2
     assert "its folds are not merged; run `python src/merge.py" in capsys.readouterr().err
     assert not (outputs / "ensembles").exists()
+
+
+def test_an_ensemble_stopped_midway_leaves_whole_files_and_a_rerun_finishes_it(make_config, tmp_path, monkeypatch):
+    config = make_config()
+    train_in_process(config, "model.kind=tfidf_ridge")
+    train_in_process(config, "experiment=strong", "model.kind=tfidf_ridge", "model.ridge_alpha=10")
+    outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
+    args = [str(outputs / "tiny"), str(outputs / "strong"), "--name", "b", "--outputs", str(outputs)]
+    args += ["--submissions", str(submissions)]
+    assert ensemble_cli.main(args) == 0
+    written = {p: p.read_bytes() for p in [*outputs.joinpath("ensembles", "b").iterdir(), *submissions.iterdir()]}
+
+    real_write = blending.write_csv
+
+    def preempted(df, path):  # the machine goes away while the second submission file is written
+        if path.name == "submission.csv":
+            raise OSError("preempted")
+        real_write(df, path)
+
+    monkeypatch.setattr(blending, "write_csv", preempted)
+    with pytest.raises(OSError, match="preempted"):
+        ensemble_cli.main(args)
+    assert {p: p.read_bytes() for p in written} == written  # every file whole, none half-written
+    assert not list(tmp_path.rglob("*.tmp*"))
+    monkeypatch.setattr(blending, "write_csv", real_write)
+    assert ensemble_cli.main(args) == 0
+    assert {p: p.read_bytes() for p in written} == written  # the rerun makes the same files

@@ -249,3 +249,21 @@ def test_a_damaged_merge_is_refused_by_prediction(finished_run, competition, cap
     (finished_run / "metrics.json").write_text('{"cv_sco')
     assert predict.main([str(finished_run), "--input", str(competition / "test.csv")]) == 2
     assert "metrics.json is damaged" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_runs_started_at_once_on_a_fresh_outputs_folder_share_one_whole_folds_file(make_config, tmp_path):
+    """Every run needs outputs/folds/<scheme>.csv; the first ones write it at the same moment, the others read it."""
+    config = make_config()
+    names = [f"run{i}" for i in range(4)]
+    processes = [launch(config, f"experiment={name}", "model.kind=tfidf_ridge") for name in names]
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+    outputs = tmp_path / "outputs"
+    (folds_file,) = (outputs / "folds").iterdir()
+    shared = pd.read_csv(folds_file)
+    assert len(shared) == 48 and set(shared["fold"]) == {0, 1}
+    for name in names:
+        assert pd.read_csv(outputs / name / "folds.csv").equals(shared)
+    assert not list(outputs.rglob("*.tmp*"))

@@ -287,8 +287,12 @@ def resume(
     if not found:
         progress = checkpoints.FoldProgress()
     else:
+        tick = time.perf_counter()
         progress = checkpoints.load(accelerator, found[-1], plan)
-        accelerator.print(f"fold {fold}: resuming from {found[-1]} (step {progress.step} of {plan['steps']})")
+        accelerator.print(
+            f"fold {fold}: resuming from {found[-1]} (step {progress.step} of {plan['steps']}), "
+            f"read in {time.perf_counter() - tick:.1f} s"
+        )
         for event in progress.history:
             on_validation(event)  # the fold's new W&B run shows the whole curve
     progress.loss_sum = progress.loss_sum.to(accelerator.device)
