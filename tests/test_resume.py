@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fake_wandb import fake_wandb_fixture  # noqa: F401 (the fake_wandb fixture)
 
 import train
 from textreg import artifacts, checkpoints
 from textreg.config import load_config
+from textreg.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,10 +49,10 @@ def test_minutes_become_steps_from_the_speed_of_the_first_steps(monkeypatch):
     assert due == [220, 340, 460]
 
 
-def interrupted_fold(make_config, tmp_path, monkeypatch) -> Path:
+def interrupted_fold(make_config, tmp_path, monkeypatch, **overrides) -> Path:
     """Fold 0 trained up to its end, stopped while its files were being written: its checkpoints are left."""
     steps = {"train__epochs": 3, "train__max_steps": None, "train__eval_every": 2, "train__checkpoint_every": 3}
-    config = make_config(**steps, folds=[0])
+    config = make_config(**steps, folds=[0], **overrides)
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -103,6 +105,26 @@ def test_a_damaged_checkpoint_is_refused_before_anything_is_written(make_config,
 
     shutil.rmtree(run_dir / "fold0" / "checkpoint-6")  # as the message says: the fold starts over
     assert train.main(["--config", str(config)]) == 0
+
+
+def test_a_resumed_fold_logs_its_whole_curve_to_its_new_wandb_run(make_config, tmp_path, monkeypatch, fake_wandb):
+    tracking = {"mode": "offline", "project": "tests"}
+    config = interrupted_fold(make_config, tmp_path, monkeypatch, tracking=tracking)
+    killed = fake_wandb.run("tiny-fold0")
+    assert killed.exit_code == 1  # the stopped fold's run finished as failed
+    fake_wandb.runs.clear()
+    assert train.main(["--config", str(config)]) == 0
+    resumed = fake_wandb.run("tiny-fold0")
+    steps = [row["_step"] for row in resumed.history if "val/rmse" in row]
+    assert steps == [row["_step"] for row in killed.history if "val/rmse" in row] == [6, 8, 9]
+
+
+def test_a_checkpoint_of_another_launch_is_refused(make_config, tmp_path, monkeypatch):
+    interrupted_fold(make_config, tmp_path, monkeypatch)
+    (folder,) = checkpoints.complete(tmp_path / "outputs" / "tiny" / "fold0")
+    plan = {"steps": 9, "steps_per_epoch": 3, "processes": 2}
+    with pytest.raises(UserError, match="saved by a run with another step plan or process count"):
+        checkpoints.load(None, folder, plan)  # refused before any state is restored
 
 
 def test_changing_how_often_to_checkpoint_keeps_the_run_folder(make_config, tmp_path):
