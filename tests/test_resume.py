@@ -1,5 +1,6 @@
 """Resume inside a fold: checkpoints of the whole training state, written whole or not at all, removed at the end."""
 
+import os
 import random
 import shutil
 import signal
@@ -135,11 +136,47 @@ def test_changing_how_often_to_checkpoint_keeps_the_run_folder(make_config, tmp_
     assert load_config(config).train.checkpoint_every == "15min"
 
 
-def launch(config: Path, *overrides: str) -> subprocess.Popen:
-    """A training process whose output goes to `log` beside its config (a pipe nobody reads would fill and stop it)."""
-    cmd = [sys.executable, "src/train.py", "--config", str(config), *overrides]
+def launch(config: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.Popen:
+    """A training run, its output in `log` beside its config (a pipe nobody reads would fill and stop it)."""
+    cmd = [*launcher, "src/train.py", "--config", str(config), *overrides]
     with (config.parent / "log").open("w") as log:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def kill_after_checkpoint(process: subprocess.Popen, fold_dir: Path, step: int) -> None:
+    """SIGKILL every process of the run once checkpoint `step` is whole, a random moment later."""
+    deadline = time.time() + 240
+    while not (fold_dir / f"checkpoint-{step}" / checkpoints.PROGRESS_FILE).exists():
+        assert process.poll() is None and time.time() < deadline, f"never reached checkpoint {step}"
+        time.sleep(0.005)
+    time.sleep(random.uniform(0, 0.05))
+    tree = descendants(process.pid)  # torchrun starts its workers in sessions of their own
+    for pid in [process.pid, *tree]:
+        os.kill(pid, signal.SIGKILL)
+    process.wait()
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in state(pid) for pid in tree):
+        time.sleep(0.01)
+    assert not (fold_dir / "metrics.json").exists(), f"killed too late (after checkpoint {step})"
+
+
+def descendants(pid: int) -> list[int]:
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [grandchild for child in children for grandchild in (child, *descendants(child))]
+
+
+def state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "Z"
+
+
+def resume_and_compare(config: Path, tmp_path: Path, *launcher: str) -> None:
+    rerun = launch(config, launcher=launcher or (sys.executable,))
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    assert "fold 0: resuming from" in (tmp_path / "log").read_text()
+    assert_same_predictions(tmp_path / "outputs" / "tiny", tmp_path / "outputs" / "unbroken")
+    assert not list((tmp_path / "outputs" / "tiny" / "fold0").glob("checkpoint-*"))
 
 
 @pytest.mark.slow
@@ -147,23 +184,20 @@ def test_a_fold_killed_at_a_random_step_resumes_to_the_predictions_of_an_unbroke
     # 24 training rows in batches of 8: 3 steps an epoch, so the kill lands in any epoch and at any batch of it.
     steps = {"train__epochs": 30, "train__max_steps": None, "train__eval_every": 5, "train__checkpoint_every": 2}
     config = make_config(**steps, folds=[0])
-    unbroken = launch(config, "experiment=unbroken")
-    assert unbroken.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
-
+    assert launch(config, "experiment=unbroken").wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
     target = random.Random().randrange(2, 40, 2)  # a checkpoint to wait for, then a moment of no step in particular
-    process = launch(config)
-    fold_dir = tmp_path / "outputs" / "tiny" / "fold0"
-    deadline = time.time() + 240
-    while not (fold_dir / f"checkpoint-{target}" / checkpoints.PROGRESS_FILE).exists():
-        assert process.poll() is None and time.time() < deadline, f"never reached checkpoint {target}"
-        time.sleep(0.005)
-    time.sleep(random.uniform(0, 0.05))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (fold_dir / "metrics.json").exists(), f"killed too late (after checkpoint {target})"
+    kill_after_checkpoint(launch(config), tmp_path / "outputs" / "tiny" / "fold0", target)
+    resume_and_compare(config, tmp_path)
 
-    rerun = launch(config)
-    assert rerun.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
-    assert "fold 0: resuming from" in (tmp_path / "log").read_text(), f"killed after checkpoint {target}"
-    assert_same_predictions(tmp_path / "outputs" / "tiny", tmp_path / "outputs" / "unbroken")
-    assert not list(fold_dir.glob("checkpoint-*"))
+
+@pytest.mark.slow
+def test_two_processes_killed_midway_resume_to_the_predictions_of_an_unbroken_run(make_config, tmp_path):
+    # Batches of 4 on each of 2 processes: 3 optimizer steps an epoch, each counting 2.
+    steps = {"train__epochs": 12, "train__max_steps": None, "train__batch_size": 4, "train__eval_every": 6}
+    config = make_config(**steps, train__checkpoint_every=4, folds=[0])
+    torchrun = (str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2")
+    unbroken = launch(config, "experiment=unbroken", launcher=torchrun)
+    assert unbroken.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    target = random.Random().randrange(4, 40, 4)
+    kill_after_checkpoint(launch(config, launcher=torchrun), tmp_path / "outputs" / "tiny" / "fold0", target)
+    resume_and_compare(config, tmp_path, *torchrun)
