@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import merge
 import train
+from textreg import engine
 from textreg.config import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +119,28 @@ def test_padding_to_a_multiple_changes_the_shapes_not_the_model(make_config, tmp
         oof[multiple] = pd.read_csv(tmp_path / "outputs" / f"pad{multiple}" / "fold0" / "oof.csv")["target_pred"]
     np.testing.assert_allclose(oof[16], oof[1], atol=1e-4)
     assert not np.array_equal(oof[1], np.zeros_like(oof[1]))
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_changes_no_prediction(make_config, tmp_path, monkeypatch):
+    """Each training step runs a layer's forward twice (once more in the backward pass); predictions stay."""
+    forwards, oof = {}, {}
+    build = engine.build_model
+
+    def counted(*args, **kwargs):
+        model = build(*args, **kwargs)
+        layer = model.backbone.encoder.layer[0].intermediate  # inside the checkpointed layer
+        layer.register_forward_hook(lambda *_: forwards.update(n=forwards["n"] + 1))
+        return model
+
+    monkeypatch.setattr(engine, "build_model", counted)
+    for on in (False, True):
+        forwards["n"] = 0
+        train_in_process(make_config(experiment=f"gc-{on}", folds=[0], train__gradient_checkpointing=on))
+        forwards[on] = forwards["n"]
+        oof[on] = pd.read_csv(tmp_path / "outputs" / f"gc-{on}" / "fold0" / "oof.csv")["target_pred"]
+    fold = json.loads((tmp_path / "outputs" / "gc-True" / "fold0" / "metrics.json").read_text())
+    assert forwards[True] - forwards[False] == fold["history"][-1]["step"] == 3  # each training step recomputed once
+    np.testing.assert_allclose(oof[True], oof[False], atol=1e-5)
 
 
 def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys):

@@ -165,6 +165,9 @@ class TrainConfig(_Section):
         return value
 
     compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
+    gradient_checkpointing: bool = Field(
+        default=False, description="keep fewer activations and recompute them in the backward pass: less memory, slower"
+    )
     threads: int | None = Field(
         default=None,
         ge=1,

@@ -19,6 +19,7 @@ from transformers import get_scheduler
 from textreg import checkpoints
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.config import Config, TrainConfig
+from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_threads
 from textreg.metrics import per_target, score
@@ -142,6 +143,13 @@ def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(param_groups, lr=train.lr, foreach=True)
 
 
+def enable_gradient_checkpointing(backbone: nn.Module) -> None:
+    if not getattr(backbone, "supports_gradient_checkpointing", False):
+        raise UserError(f"train.gradient_checkpointing: {type(backbone).__name__} does not support it")
+    # Non-reentrant: the recommended implementation, and it works with inputs that need no gradient.
+    backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int) -> np.ndarray:
     """Target-unit predictions of a prepared model over a prepared loader, one per row on any process count."""
     model.eval()
@@ -170,6 +178,8 @@ def train_fold(
     at the last step; keep the weights of the best step (lowest `metric`). With a `fold_dir`, save checkpoints there
     every `checkpoint_every`, and resume from the last one found."""
     optimizer = build_optimizer(model, train)
+    if train.gradient_checkpointing:
+        enable_gradient_checkpointing(model.backbone)
     if train.compile:
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
     # The step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps count
