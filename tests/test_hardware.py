@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_in_process
 
 from textreg import hardware
 
@@ -73,3 +74,16 @@ def test_accelerate_launch_trains_on_every_core(make_config):
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"with {cores} CPU thread(s) each" in result.stdout
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_cudnn_attention_switches_the_process_wide_flag_and_null_leaves_it(allowed, make_config):
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(not allowed)
+        train_in_process(make_config(folds=[0]), f"train.cudnn_attention={str(allowed).lower()}")
+        assert torch.backends.cuda.cudnn_sdp_enabled() is allowed  # the training path set it
+        hardware.set_cudnn_attention(None)
+        assert torch.backends.cuda.cudnn_sdp_enabled() is allowed
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -122,7 +122,7 @@ def test_padding_to_a_multiple_changes_the_shapes_not_the_model(make_config, tmp
 
 
 def test_gradient_checkpointing_recomputes_the_layers_and_changes_no_prediction(make_config, tmp_path, monkeypatch):
-    """Each training step runs a layer's forward twice (once more in the backward pass); predictions stay."""
+    """Each training step runs the inside of a layer twice (again in the backward pass); predictions stay."""
     forwards, oof = {}, {}
     build = engine.build_model
 

@@ -165,6 +165,11 @@ class TrainConfig(_Section):
         return value
 
     compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
+    cudnn_attention: bool | None = Field(
+        default=None,
+        description="CUDA: allow cuDNN's fused attention (false: PyTorch's other kernels; it plans each new shape); "
+        "null: PyTorch's choice",
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="keep fewer activations and recompute them in the backward pass: less memory, slower"
     )

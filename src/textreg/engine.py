@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -19,14 +20,14 @@ from transformers import get_scheduler
 from textreg import checkpoints
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.config import Config, TrainConfig
-from textreg.errors import UserError
 from textreg.files import write_folder_once
-from textreg.hardware import choose_mixed_precision, set_threads
+from textreg.hardware import choose_mixed_precision, set_cudnn_attention, set_threads
 from textreg.metrics import per_target, score
 from textreg.model import (
     RegressionModel,
     build_model,
     check_deterministic,
+    encoder_layers,
     layer_depth,
     load_backbone_config,
     load_tokenizer,
@@ -144,10 +145,17 @@ def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.O
 
 
 def enable_gradient_checkpointing(backbone: nn.Module) -> None:
-    if not getattr(backbone, "supports_gradient_checkpointing", False):
-        raise UserError(f"train.gradient_checkpointing: {type(backbone).__name__} does not support it")
-    # Non-reentrant: the recommended implementation, and it works with inputs that need no gradient.
-    backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    """Each encoder layer keeps only its inputs in training and recomputes the rest in the backward pass. Done here
+    rather than by transformers, which supports it for some architectures only (not MPNet). Non-reentrant: the
+    implementation PyTorch recommends."""
+    for layer in encoder_layers(backbone):
+
+        def forward(*args, _forward=layer.forward, _layer=layer, **kwargs):
+            if _layer.training and torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        layer.forward = forward
 
 
 def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int) -> np.ndarray:
@@ -178,6 +186,7 @@ def train_fold(
     at the last step; keep the weights of the best step (lowest `metric`). With a `fold_dir`, save checkpoints there
     every `checkpoint_every`, and resume from the last one found."""
     optimizer = build_optimizer(model, train)
+    set_cudnn_attention(train.cudnn_attention)
     if train.gradient_checkpointing:
         enable_gradient_checkpointing(model.backbone)
     if train.compile:

@@ -59,3 +59,11 @@ def set_threads(threads: int | None) -> int:
     count = threads or default_threads()
     torch.set_num_threads(count)
     return count
+
+
+def set_cudnn_attention(allowed: bool | None) -> None:
+    """`train.cudnn_attention`: on Hopper GPUs PyTorch prefers cuDNN's fused attention in fp16/bf16, which builds an
+    execution plan for every new (batch, length) shape; false lets scaled_dot_product_attention pick another
+    kernel. None leaves PyTorch's choice. A process-wide switch, read when attention runs, harmless on a CPU."""
+    if allowed is not None:
+        torch.backends.cuda.enable_cudnn_sdp(allowed)

@@ -19,13 +19,14 @@ from textreg import artifacts, classical
 from textreg.batching import Collator, eval_loader, separator, tokenize
 from textreg.config import Config
 from textreg.data import load_test, model_inputs
-from textreg.hardware import choose_mixed_precision
+from textreg.hardware import choose_mixed_precision, set_cudnn_attention
 from textreg.model import build_model, load_tokenizer
 from textreg.prediction import autocast, predict_rows
 
 
 def predict_transformer(run_dir: Path, cfg: Config, df: pd.DataFrame, folds: list[int]) -> dict[int, np.ndarray]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    set_cudnn_attention(cfg.train.cudnn_attention)
     tokenizer = load_tokenizer(str(run_dir / "backbone"))
     backbone_config = AutoConfig.from_pretrained(run_dir / "backbone")
     input_ids = tokenize(tokenizer, model_inputs(df, cfg.data, separator(tokenizer)), cfg.model.max_len)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU speed tables of docs/speed.md in one run, sized to finish within 8 minutes on one H100:
+#   1. the default config, STEPS steps: the plain fp32 loop, Trainer and the pipeline at its default precision, then
+#      the pipeline in fp32 and with each candidate fix for mixed precision (padding to a multiple of 64, cuDNN's
+#      fused attention off, both);
+#   2. base and large architectures with random weights (nothing is downloaded), LARGE_STEPS steps each, bf16:
+#      batch 16 at max_len 256 and batch 8 at max_len 512, each with and without gradient checkpointing.
+# Every row gives samples/s, peak GPU memory and MFU against the card's measured bf16 (or fp32) matmul peak.
+#
+#   bash benchmarks/gpu.sh 2>&1 | tee gpu.log
+#   STEPS=2 LARGE_STEPS=1 ARCHS=tiny-deberta EVAL_ROWS=8 bash benchmarks/gpu.sh   # a smoke run, on any machine
+#
+# Needs the competition data in input/ (make data) and the project's packages (make setup); on a machine that
+# reaches no package index, docs/speed.md says what to bring. CONFIG and OVERRIDES (config overrides for every
+# row) change what is measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+STEPS=${STEPS:-200}
+LARGE_STEPS=${LARGE_STEPS:-30}
+ARCHS=${ARCHS:-deberta-v3-base deberta-v3-large}
+EVAL_ROWS=${EVAL_ROWS:-256}
+CONFIG=${CONFIG:-configs/default.yaml}
+OVERRIDES=${OVERRIDES:-}
+# shellcheck disable=SC2086  # OVERRIDES is a list of overrides
+bench() { "$PYTHON" benchmarks/throughput.py --config "$CONFIG" --repeats 1 --eval-rows "$EVAL_ROWS" "$@" $OVERRIDES; }
+
+git rev-parse --short HEAD 2>/dev/null || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU: a smoke run"
+"$PYTHON" -c 'import torch, transformers, accelerate as a; print("torch", torch.__version__, "transformers",
+transformers.__version__, "accelerate", a.__version__, "cuda", torch.version.cuda)'
+
+echo "== 1. default config, $STEPS steps"
+bench --steps "$STEPS" --methods plain,trainer,pipeline \
+  --variant train.mixed_precision=no \
+  --variant train.pad_to_multiple_of=64 \
+  --variant train.cudnn_attention=false \
+  --variant "train.pad_to_multiple_of=64 train.cudnn_attention=false"
+
+echo "== 2. big architectures, random weights, $LARGE_STEPS steps"
+for arch in $ARCHS; do
+  for shape in "train.batch_size=16 model.max_len=256" "train.batch_size=8 model.max_len=512"; do
+    # shellcheck disable=SC2086  # the shape is two overrides
+    bench --steps "$LARGE_STEPS" --methods pipeline --random-backbone "$arch" \
+      --variant train.gradient_checkpointing=true $shape train.mixed_precision=bf16
+  done
+done
