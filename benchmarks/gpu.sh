@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU speed tables of docs/speed.md in one run, sized to finish within 8 minutes on one H100:
-#   1. the default config, STEPS steps: the plain fp32 loop, Trainer and the pipeline at its default precision, then
+#   1. the default config with its backbone's architecture (MiniLM-L6) and random weights, STEPS steps: the plain fp32 loop, Trainer and the pipeline at its default precision, then
 #      the pipeline in fp32 and with each candidate fix for mixed precision (padding to a multiple of 64, cuDNN's
 #      fused attention off, both);
 #   2. base and large architectures with random weights (nothing is downloaded), LARGE_STEPS steps each, bf16:
@@ -21,17 +21,19 @@ LARGE_STEPS=${LARGE_STEPS:-30}
 ARCHS=${ARCHS:-deberta-v3-base deberta-v3-large}
 EVAL_ROWS=${EVAL_ROWS:-256}
 CONFIG=${CONFIG:-configs/default.yaml}
+DEFAULT_ARCH=${DEFAULT_ARCH:-minilm-l6}
+TOKENIZER=${TOKENIZER:+--tokenizer $TOKENIZER}
 OVERRIDES=${OVERRIDES:-}
 # shellcheck disable=SC2086  # OVERRIDES is a list of overrides
-bench() { "$PYTHON" benchmarks/throughput.py --config "$CONFIG" --repeats 1 --eval-rows "$EVAL_ROWS" "$@" $OVERRIDES; }
+bench() { "$PYTHON" benchmarks/throughput.py --config "$CONFIG" --repeats 1 --eval-rows "$EVAL_ROWS" $TOKENIZER "$@" $OVERRIDES; }
 
 git rev-parse --short HEAD 2>/dev/null || true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU: a smoke run"
 "$PYTHON" -c 'import torch, transformers, accelerate as a; print("torch", torch.__version__, "transformers",
 transformers.__version__, "accelerate", a.__version__, "cuda", torch.version.cuda)'
 
-echo "== 1. default config, $STEPS steps"
-bench --steps "$STEPS" --methods plain,trainer,pipeline \
+echo "== 1. default config, $DEFAULT_ARCH with random weights, $STEPS steps"
+bench --steps "$STEPS" --methods plain,trainer,pipeline --random-backbone "$DEFAULT_ARCH" \
   --variant train.mixed_precision=no \
   --variant train.pad_to_multiple_of=64 \
   --variant train.cudnn_attention=false \

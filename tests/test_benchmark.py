@@ -44,7 +44,8 @@ def test_the_gpu_script_runs_every_section_anywhere(competition, backbones):
     """benchmarks/gpu.sh as a smoke run on the CPU: every row of both sections comes out (its numbers come from a
     GPU, docs/speed.md)."""
     overrides = f"data.dir={competition} model.backbone={backbones['bert']} cv.n_folds=2 cv.n_bins=4 train.batch_size=4"
-    env = dict(os.environ, STEPS="1", LARGE_STEPS="1", ARCHS="tiny-deberta", EVAL_ROWS="4", OVERRIDES=overrides)
+    env = dict(os.environ, STEPS="1", LARGE_STEPS="1", ARCHS="tiny-deberta", DEFAULT_ARCH="tiny-deberta", EVAL_ROWS="4")
+    env["OVERRIDES"] = overrides
     env["PYTHON"] = sys.executable
     result = subprocess.run(
         ["bash", "benchmarks/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
@@ -58,5 +59,5 @@ def test_the_gpu_script_runs_every_section_anywhere(competition, backbones):
         "pipeline train.gradient_checkpointing=true ",
     ):
         assert any(line.startswith(row) for line in result.stdout.splitlines()), row
-    assert result.stdout.count("random-tiny-deberta") == 2  # both shapes of the big-architecture section
+    assert result.stdout.count("random-tiny-deberta") == 3  # the default config's section and both shapes
     assert result.stdout.count("pipeline train.gradient_checkpointing=true ") == 2
