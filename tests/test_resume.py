@@ -65,10 +65,11 @@ def interrupted_fold(make_config, tmp_path, monkeypatch, **overrides) -> Path:
     return config
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["raw weights", "weight average"])
 def test_a_rerun_resumes_from_the_last_whole_checkpoint_to_the_same_predictions(
-    make_config, tmp_path, monkeypatch, capsys
+    make_config, tmp_path, monkeypatch, capsys, ema_decay
 ):
-    config = interrupted_fold(make_config, tmp_path, monkeypatch)
+    config = interrupted_fold(make_config, tmp_path, monkeypatch, train__ema_decay=ema_decay)
     fold_dir = tmp_path / "outputs" / "tiny" / "fold0"
     assert [p.name for p in checkpoints.complete(fold_dir)] == ["checkpoint-6"]  # the older one removed
     (fold_dir / "checkpoint-7").mkdir()  # a save killed before its progress file: ignored

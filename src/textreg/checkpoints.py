@@ -49,6 +49,7 @@ class FoldProgress:
     best_pred: np.ndarray | None = None
     best_state: dict[str, torch.Tensor] | None = None
     history: list[ValidationEvent] = field(default_factory=list)
+    weight_average: list[torch.Tensor] | None = None  # train.ema_decay's average, on the CPU
 
     def to_saved(self) -> dict:
         saved = {k: v for k, v in vars(self).items() if k not in ("best_pred", "history")}

@@ -165,6 +165,12 @@ class TrainConfig(_Section):
         return value
 
     compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="validate and keep an exponential moving average of the weights with this decay (e.g. 0.99)",
+    )
     cudnn_attention: bool | None = Field(
         default=None,
         description="CUDA: allow cuDNN's fused attention (false: PyTorch's other kernels; it plans each new shape); "

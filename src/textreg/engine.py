@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from textreg import checkpoints
+from textreg.averaging import WeightAverage
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.config import Config, TrainConfig
 from textreg.files import write_folder_once
@@ -217,15 +219,24 @@ def train_fold(
     plan = {"steps": total_steps, "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes}
     p = resume(accelerator, fold, fold_dir, plan, on_validation)
     schedule = checkpoints.Schedule(train.checkpoint_every if fold_dir else None, p.step, accelerator.num_processes)
+    average = WeightAverage(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay else None
+    if average and p.weight_average is not None:
+        average.load(p.weight_average)
     valid_targets = targets[valid_rows]
     bar = tqdm(total=total_steps, initial=p.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
 
     def validate() -> None:
-        pred = predict(accelerator, model, valid_dl, len(targets))[valid_rows]
+        with average.applied() if average else nullcontext():  # validated, and kept, with the average's weights
+            pred = predict(accelerator, model, valid_dl, len(targets))[valid_rows]
+            val_score = score(metric, valid_targets, pred)
+            if val_score < p.best_score:
+                state = accelerator.unwrap_model(model).state_dict()
+                p.best_score, p.best_step, p.best_pred = val_score, p.step, pred
+                p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         event = ValidationEvent(
             step=p.step,
             epoch=round(p.step / steps_per_epoch, 3),
-            val_score=score(metric, valid_targets, pred),
+            val_score=val_score,
             val_per_target=per_target(metric, valid_targets, pred).tolist(),
             samples_per_second=p.samples / max(p.train_seconds, 1e-9),
             train_loss=p.loss_sum.item() / max(p.loss_batches, 1),  # sync: once per validation
@@ -234,10 +245,6 @@ def train_fold(
         p.loss_sum, p.loss_batches = torch.zeros_like(p.loss_sum), 0
         p.history.append(event)
         on_validation(event)
-        if event.val_score < p.best_score:
-            state = accelerator.unwrap_model(model).state_dict()
-            p.best_score, p.best_step, p.best_pred = event.val_score, p.step, pred
-            p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{p.best_score:.4f}"})
         model.train()
 
@@ -264,6 +271,8 @@ def train_fold(
             if not accelerator.sync_gradients:
                 continue
             p.step += accelerator.num_processes
+            if average:
+                average.update(p.step // accelerator.num_processes - 1)
             bar.update(accelerator.num_processes)
             due = p.step % train.eval_every < accelerator.num_processes and p.step >= first_eval
             if due or p.step >= total_steps:
@@ -274,6 +283,7 @@ def train_fold(
                 break
             if schedule.due(p.step):
                 p.train_seconds += time.perf_counter() - tick
+                p.weight_average = average.state() if average else None
                 seconds = checkpoints.save(accelerator, fold_dir, p, plan)
                 accelerator.print(f"fold {fold}: checkpoint at step {p.step} saved in {seconds:.1f} s")
                 tick = time.perf_counter()
