@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["no", "bf16"])  # bf16 autocast runs on any CPU, only slowly without bf16
+# bf16 autocast runs on any CPU, only slowly without bf16; the fp32 path runs in the GPU script's smoke test below.
+@pytest.mark.parametrize("precision", ["bf16"])
 def test_benchmark_prints_its_table(competition, backbones, precision):
     overrides = [
         f"data.dir={competition}",
@@ -59,5 +60,6 @@ def test_the_gpu_script_runs_every_section_anywhere(competition, backbones):
         "pipeline train.gradient_checkpointing=true ",
     ):
         assert any(line.startswith(row) for line in result.stdout.splitlines()), row
-    assert result.stdout.count("random-tiny-deberta") == 3  # the default config's section and both shapes
+    headers = [line for line in result.stdout.splitlines() if " steps of batch " in line]
+    assert sum("random-tiny-deberta" in line for line in headers) == 3  # the default config's section, both shapes
     assert result.stdout.count("pipeline train.gradient_checkpointing=true ") == 2
