@@ -258,7 +258,7 @@ def write_summaries(
     studies: list[Study], trials: dict[str, list[dict]], run_dirs: dict[str, Path], folder: Path
 ) -> str:
     """Each study's table, written to <folder>/<study>.md and .json, with its trials' states; returns them all.
-    `trials` holds each study's Optuna trials (`textreg.trials.trial_records`), empty where none are known."""
+    `trials` holds each study's Optuna trials (`textreg.trials.trial_records`); without them, no trial counts."""
     tables = []
     for study in studies:
         known = trials.get(study.name, [])
@@ -268,8 +268,9 @@ def write_summaries(
         else:
             rows = summarize(study, run_dirs)
             table = markdown(study, rows)
-        counts = state_counts(known)
-        table += "\n\ntrials: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+        counts = state_counts(known) if study.name in trials else None
+        if counts:
+            table += "\n\ntrials: " + ", ".join(f"{n} {state}" for state, n in counts.items())
         write_json({"rows": rows, "trials": counts}, folder / f"{study.name}.json")
         write_text(table + "\n", folder / f"{study.name}.md")
         tables.append(table)

@@ -37,8 +37,6 @@ from textreg.studies import Param, Run, Study
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 MAX_RETRIES = 3  # a trial whose worker dies this often is left failed
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-# fail_stale_trials and the retry callback are marked experimental; they are what the heartbeat is for
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class Skipped(Exception):
@@ -56,19 +54,30 @@ class Launch:
     poll_seconds: float = 1.0
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The heartbeat and its retry callback are marked experimental, and Optuna expects heartbeats only inside
+    study.optimize, which cannot skip a trial without training it: these warnings say nothing to the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
 def open_storage(url: str, heartbeat: int) -> BaseStorage:
     """An Optuna storage: `journal:<file>` (a journal file on a shared file system; Optuna has no heartbeat for it),
     else an RDB URL (sqlite:///..., postgresql://..., mysql://...) with a heartbeat every `heartbeat` seconds."""
     if url.startswith("journal:"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return RDBStorage(
-        url,
-        engine_kwargs=engine,
-        heartbeat_interval=heartbeat,
-        grace_period=3 * heartbeat,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
-    )
+    with _quiet():
+        return RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRIES),
+        )
 
 
 def heartbeat_seconds(storage: BaseStorage) -> int | None:
@@ -136,20 +145,21 @@ def work(studies: list[Study], grid_runs: dict[str, Run], storage: BaseStorage, 
     that worker dies, its trial comes back."""
     targets = [(study, optuna_study(study, storage)) for study in studies]
     interval = heartbeat_seconds(storage)
-    while True:
-        for study, target in targets:
-            with _locked(lock):
-                if interval:
-                    optuna.storages.fail_stale_trials(target)
-                trial = _next_trial(study, target)
-            if trial:
-                _run_trial(study, target, trial, grid_runs, launch)
-                break
-        else:
-            running = any(target.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for _, target in targets)
-            if not (running and interval):
-                return
-            time.sleep(interval)
+    with _quiet():
+        while True:
+            for study, target in targets:
+                with _locked(lock):
+                    if interval:
+                        optuna.storages.fail_stale_trials(target)
+                    trial = _next_trial(study, target)
+                if trial:
+                    _run_trial(study, target, trial, grid_runs, launch)
+                    break
+            else:
+                running = any(target.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for _, target in targets)
+                if not (running and interval):
+                    return
+                time.sleep(interval)
 
 
 def _next_trial(study: Study, target: optuna.Study) -> optuna.Trial | None:
@@ -184,9 +194,10 @@ def _run_trial(study: Study, target: optuna.Study, trial: optuna.Trial, grid_run
 
 def _trial_run(study: Study, target: optuna.Study, trial: optuna.Trial, grid_runs: dict[str, Run]) -> Run:
     """The trial's run; Skipped when the trial is not the one that trains it."""
-    fixed = trial.system_attrs.get("fixed_params")
+    frozen = target._storage.get_trial(trial._trial_id)  # Trial shows no system attributes
+    fixed = frozen.system_attrs.get("fixed_params")
     if study.search:
-        run = _search_run(study, target, trial)
+        run = _search_run(study, target, trial, RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen))
     elif fixed is None or trial.user_attrs.get("run") not in grid_runs:
         raise Skipped("no grid pair of this study file was waiting")
     else:
@@ -201,8 +212,8 @@ def _trial_run(study: Study, target: optuna.Study, trial: optuna.Trial, grid_run
     return run
 
 
-def _search_run(study: Study, target: optuna.Study, trial: optuna.Trial) -> Run:
-    search, retried = study.search, RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+def _search_run(study: Study, target: optuna.Study, trial: optuna.Trial, retried: int | None) -> Run:
+    search = study.search
     values = {p.key: _suggest(trial, p) for p in search.params}
     earlier = [
         t
