@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary and not args.storage and not database.is_file():
             print(tables(studies, configs, None, folder))  # nothing was ever started here
             return
+        folder.mkdir(parents=True, exist_ok=True)  # the default storage's folder
         storage = open_storage(url, args.heartbeat)
         if args.summary:
             print(tables(studies, configs, storage, folder))

@@ -28,6 +28,7 @@ from pathlib import Path
 import optuna
 import psutil
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat  # what storages with a heartbeat share
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -81,7 +82,8 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
 
 
 def heartbeat_seconds(storage: BaseStorage) -> int | None:
-    return storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    """The storage's heartbeat interval; None where it has none (a journal file)."""
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
 
 
 def optuna_study(study: Study, storage: BaseStorage) -> optuna.Study:
@@ -159,7 +161,7 @@ def work(studies: list[Study], grid_runs: dict[str, Run], storage: BaseStorage, 
                 running = any(target.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for _, target in targets)
                 if not (running and interval):
                     return
-                time.sleep(interval)
+                time.sleep(launch.poll_seconds)
 
 
 def _next_trial(study: Study, target: optuna.Study) -> optuna.Trial | None:
