@@ -10,7 +10,6 @@ Then one table per study goes to <output_dir>/studies/. --summary prints the tab
 
 import argparse
 import os
-import shlex
 import subprocess
 import sys
 from datetime import datetime
@@ -26,6 +25,7 @@ from textreg.trials import (
     enqueue_grid,
     failed_runs,
     open_storage,
+    resolve_launcher,
     trial_records,
     work,
     worker_environment,
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(tables(studies, configs, storage, folder))
             return
         grid_runs = queue(studies)
-        launch = Launch(tuple(shlex.split(args.launcher)), tuple(overrides), configs[0].output_dir, folder / "logs")
+        launcher = resolve_launcher(args.launcher)
+        launch = Launch(launcher, tuple(overrides), configs[0].output_dir, folder / "logs")
         if args.worker_cpus:  # one of the workers of --workers N: take trials, leave the tables to the command
             os.sched_setaffinity(0, {int(cpu) for cpu in args.worker_cpus.split(",")})
             work(studies, {run.name: run for run in grid_runs}, storage, launch, folder / ".trials.lock")
@@ -70,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         for entry in studies:  # a run that two files share is a trial of the first
             enqueue_grid(entry, [run for run in entry.runs if run.name not in owned], storage)
             owned |= {run.name for run in entry.runs}
+        codes = [0]
         if args.workers > 1:
-            start_workers(args, url, files, overrides)
+            codes = start_workers(args, url, files, overrides)
         else:
             work(studies, {run.name: run for run in grid_runs}, storage, launch, folder / ".trials.lock")
         print(tables(studies, configs, storage, folder))
+        if any(codes):
+            raise UserError(f"workers exited with {codes}; their errors are above")
         if failed := failed_runs(studies, storage, started):
             raise UserError(f"runs failed (their logs are in {folder / 'logs'}): {' '.join(failed)}")
 
@@ -98,8 +102,9 @@ def tables(studies: list[Study], configs: list[Config], storage, folder: Path) -
     return write_summaries(studies, trials, run_dirs, folder)
 
 
-def start_workers(args: argparse.Namespace, url: str, files: list[str], overrides: list[str]) -> None:
-    """N workers of this same command; each takes a GPU round-robin and its share of the CPU cores."""
+def start_workers(args: argparse.Namespace, url: str, files: list[str], overrides: list[str]) -> list[int]:
+    """N workers of this same command; each takes a GPU round-robin and its share of the CPU cores. Returns their
+    exit codes."""
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
     gpus = visible or [str(i) for i in range(torch.cuda.device_count())]
     processes = []
@@ -108,8 +113,7 @@ def start_workers(args: argparse.Namespace, url: str, files: list[str], override
         command = [sys.executable, __file__, *files, *overrides, "--storage", url, "--launcher", args.launcher]
         command += ["--heartbeat", str(args.heartbeat), "--worker-cpus", ",".join(map(str, sorted(cores)))]
         processes.append(subprocess.Popen(command, env=env))
-    for process in processes:
-        process.wait()
+    return [process.wait() for process in processes]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
+import shutil
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -33,6 +36,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from textreg.artifacts import finished_folds, is_finished
+from textreg.errors import UserError
 from textreg.studies import Param, Run, Study
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
@@ -63,6 +67,16 @@ def _quiet() -> Iterator[None]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
         yield
+
+
+def resolve_launcher(text: str) -> tuple[str, ...]:
+    """The launcher's words, its program found beside this Python first (the venv's `accelerate`, `python`)."""
+    words = shlex.split(text)
+    beside = Path(sys.executable).parent / words[0] if words else None
+    found = str(beside) if beside and beside.is_file() else shutil.which(words[0]) if words else None
+    if not found:
+        raise UserError(f"--launcher {text!r}: no such program")
+    return (found, *words[1:])
 
 
 def open_storage(url: str, heartbeat: int) -> BaseStorage:
@@ -250,7 +264,10 @@ def train(trial: optuna.Trial, run: Run, launch: Launch) -> float:
     launch.log_dir.mkdir(parents=True, exist_ok=True)
     print(f"started  {run.name} (trial {trial.number})", flush=True)
     with (launch.log_dir / f"{run.name}.log").open("a") as log:
-        process = subprocess.Popen([*command, *run.overrides, *launch.overrides], stdout=log, stderr=log)
+        try:
+            process = subprocess.Popen([*command, *run.overrides, *launch.overrides], stdout=log, stderr=log)
+        except OSError as err:
+            raise TrainingFailed(f"{run.name}: {' '.join(launch.launcher)} cannot be started ({err})") from err
         try:
             while process.poll() is None:
                 time.sleep(launch.poll_seconds)
