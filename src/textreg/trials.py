@@ -71,10 +71,10 @@ def _quiet() -> Iterator[None]:
 
 def resolve_launcher(text: str) -> tuple[str, ...]:
     """The launcher's words, its program found beside this Python first (the venv's `accelerate`, `python`)."""
-    words = shlex.split(text)
-    beside = Path(sys.executable).parent / words[0] if words else None
-    found = str(beside) if beside and beside.is_file() else shutil.which(words[0]) if words else None
-    if not found:
+    words = shlex.split(text) or [""]
+    beside = Path(sys.executable).parent / words[0]
+    found = str(beside) if words[0] and beside.is_file() else shutil.which(words[0])
+    if not words[0] or not found:
         raise UserError(f"--launcher {text!r}: no such program")
     return (found, *words[1:])
 
