@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for item in args.items if "=" in item]
 
     def study() -> None:
+        if args.workers < 1 or args.heartbeat < 1:
+            raise UserError("--workers and --heartbeat take a whole number of at least 1")
         started = datetime.now()
         studies = [load_study(Path(file)) for file in files]
         configs = validate_configs(studies, overrides)
@@ -60,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             print(tables(studies, configs, storage, folder))
             return
-        grid_runs = queue(studies)
+        grid_runs = {run.name: run for run in queue(studies)}
         launcher = resolve_launcher(args.launcher)
         launch = Launch(launcher, tuple(overrides), configs[0].output_dir, folder / "logs")
         if args.worker_cpus:  # one of the workers of --workers N: take trials, leave the tables to the command
-            os.sched_setaffinity(0, {int(cpu) for cpu in args.worker_cpus.split(",")})
-            work(studies, {run.name: run for run in grid_runs}, storage, launch, folder / ".trials.lock")
+            if hasattr(os, "sched_setaffinity"):  # Linux
+                os.sched_setaffinity(0, {int(cpu) for cpu in args.worker_cpus.split(",")})
+            work(studies, grid_runs, storage, launch, folder / ".trials.lock")
             return
         owned = set()
         for entry in studies:  # a run that two files share is a trial of the first
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1:
             codes = start_workers(args, url, files, overrides)
         else:
-            work(studies, {run.name: run for run in grid_runs}, storage, launch, folder / ".trials.lock")
+            work(studies, grid_runs, storage, launch, folder / ".trials.lock")
         print(tables(studies, configs, storage, folder))
         if any(codes):
             raise UserError(f"workers exited with {codes}; their errors are above")

@@ -48,6 +48,10 @@ class Skipped(Exception):
     """A trial that trains nothing: a second trial for one run, or one over the search's budget."""
 
 
+class TrainingFailed(Exception):
+    """A trial's training exited with an error or left its run unfinished: the trial fails, the study goes on."""
+
+
 @dataclass(frozen=True)
 class Launch:
     """How a worker trains a trial: `launcher src/train.py --config ... experiment=<run> <overrides>`."""
@@ -188,10 +192,6 @@ def _next_trial(study: Study, target: optuna.Study) -> optuna.Trial | None:
     return None
 
 
-class TrainingFailed(Exception):
-    pass
-
-
 def _run_trial(study: Study, target: optuna.Study, trial: optuna.Trial, grid_runs: dict, launch: Launch) -> None:
     with _heartbeat(target, trial):
         try:
@@ -215,7 +215,7 @@ def _trial_run(study: Study, target: optuna.Study, trial: optuna.Trial, grid_run
     if study.search:
         run = _search_run(study, target, trial, RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen))
     elif fixed is None or trial.user_attrs.get("run") not in grid_runs:
-        raise Skipped("no grid pair of this study file was waiting")
+        raise Skipped("not a waiting pair of the study file as this command reads it")
     else:
         run = grid_runs[trial.user_attrs["run"]]
         # every trial of a study gives a parameter the same choices, as Optuna requires
@@ -352,7 +352,7 @@ def worker_environment(index: int, workers: int, gpus: list[str]) -> tuple[dict[
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1))
     share = max(1, len(cores) // workers)
     start = (index * share) % len(cores)
     return env, set(cores[start : start + share])
