@@ -172,6 +172,8 @@ def work(studies: list[Study], grid_runs: dict[str, Run], storage: BaseStorage, 
                     if interval:
                         optuna.storages.fail_stale_trials(target)
                     trial = _next_trial(study, target)
+                    if trial and interval:  # before the lock goes: a worker killed from now on leaves a stale trial
+                        target._storage.record_heartbeat(trial._trial_id)
                 if trial:
                     _run_trial(study, target, trial, grid_runs, launch)
                     break
