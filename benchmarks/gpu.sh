@@ -8,7 +8,8 @@
 # Every row gives samples/s, peak GPU memory and MFU against the card's measured bf16 (or fp32) matmul peak.
 #
 #   bash benchmarks/gpu.sh 2>&1 | tee gpu.log
-#   STEPS=2 LARGE_STEPS=1 ARCHS=tiny-deberta EVAL_ROWS=8 bash benchmarks/gpu.sh   # a smoke run, on any machine
+#   STEPS=2 LARGE_STEPS=1 ARCHS=tiny-deberta DEFAULT_ARCH=tiny-deberta SHAPES="train.batch_size=4 model.max_len=32" \
+#     EVAL_ROWS=8 bash benchmarks/gpu.sh                                               # a smoke run, on any machine
 #
 # Needs the competition data in input/ (make data) and the project's packages (make setup); on a machine that
 # reaches no package index, docs/speed.md says what to bring. CONFIG and OVERRIDES (config overrides for every
@@ -19,6 +20,7 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 STEPS=${STEPS:-200}
 LARGE_STEPS=${LARGE_STEPS:-30}
 ARCHS=${ARCHS:-deberta-v3-base deberta-v3-large}
+SHAPES=${SHAPES:-"train.batch_size=16 model.max_len=256;train.batch_size=8 model.max_len=512"}  # ;-separated
 EVAL_ROWS=${EVAL_ROWS:-256}
 CONFIG=${CONFIG:-configs/default.yaml}
 DEFAULT_ARCH=${DEFAULT_ARCH:-minilm-l6}
@@ -41,7 +43,8 @@ bench --steps "$STEPS" --methods plain,trainer,pipeline --random-backbone "$DEFA
 
 echo "== 2. big architectures, random weights, $LARGE_STEPS steps"
 for arch in $ARCHS; do
-  for shape in "train.batch_size=16 model.max_len=256" "train.batch_size=8 model.max_len=512"; do
+  IFS=';' read -ra shapes <<<"$SHAPES"
+  for shape in "${shapes[@]}"; do
     # shellcheck disable=SC2086  # the shape is two overrides
     bench --steps "$LARGE_STEPS" --methods pipeline --random-backbone "$arch" \
       --variant train.gradient_checkpointing=true $shape train.mixed_precision=bf16

@@ -234,7 +234,8 @@ def matmul_peak_tflops(dtype: torch.dtype, repeats: int = 10) -> float:
     # Without bf16 hardware (no AVX512-BF16 or AMX) a 2048-square bf16 matmul takes minutes on a CPU: a smaller
     # one still tells how slow bf16 is there.
     # On a GPU, 8192-square: small matmuls leave a big card partly idle and would understate its peak.
-    n = 8192 if device == "cuda" else 256 if dtype == torch.bfloat16 and not cpu_supports_bf16() else 2048
+    # On a CPU 1024-square reaches the cores' peak already.
+    n = 8192 if device == "cuda" else 256 if dtype == torch.bfloat16 and not cpu_supports_bf16() else 1024
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
     if device == "cuda":

@@ -21,7 +21,7 @@ LAUNCHERS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("launcher", ["accelerate-mpirun"])  # torchrun: the step arithmetic and resume tests
 def test_two_processes_write_one_prediction_per_row(make_config, competition, tmp_path, launcher):
     if launcher == "accelerate-mpirun" and shutil.which("mpirun") is None:
         pytest.skip("needs mpirun: apt-get install openmpi-bin")
