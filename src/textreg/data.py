@@ -8,7 +8,6 @@ from string import Formatter
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from textreg.config import Config, CVConfig, DataConfig
 from textreg.errors import UserError
@@ -113,6 +112,9 @@ def load_sample_submission(cfg: Config) -> pd.DataFrame:
 
 def make_folds(df: pd.DataFrame, cv: CVConfig, target_columns: list[str]) -> np.ndarray:
     """Fold number of every row. Stratified schemes bin the stratification column into `n_bins` quantiles."""
+    # Imported here: over a second of start-up, and a run needs it only once, before the fold file exists.
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
     n = len(df)
     if cv.n_folds > n:
         raise UserError(f"cv.n_folds={cv.n_folds} is larger than the {n} training rows")

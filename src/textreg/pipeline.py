@@ -15,7 +15,6 @@ from typing import Protocol
 import numpy as np
 
 from textreg import artifacts, checkpoints
-from textreg.classical import ClassicalMember
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
 from textreg.engine import TransformerMember
@@ -45,7 +44,12 @@ def run_cv(cfg: Config) -> dict | None:
     train_df, test_df = load_train(cfg), load_test(cfg)
     check_test_ids(test_df, load_sample_submission(cfg), cfg.data.id_column)
     folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
-    member: Member = TransformerMember(cfg) if cfg.model.kind == "transformer" else ClassicalMember(cfg)
+    if cfg.model.kind == "transformer":
+        member: Member = TransformerMember(cfg)
+    else:
+        from textreg.classical import ClassicalMember  # scikit-learn and LightGBM: seconds of start-up, when needed
+
+        member = ClassicalMember(cfg)
     check_batch_size(cfg, len(train_df))
     artifacts.check_run_dir(cfg)
     run_dir = cfg.run_dir

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure  # figures without pyplot: no backend, no display, no global state
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from textreg.files import atomic_write
 from textreg.records import ValidationEvent
 
 
 def _subplots(ncols: int = 1, width: float = 6) -> tuple[Figure, list]:
+    # Figures without pyplot: no backend, no display, no global state. Imported here: matplotlib adds most of a
+    # second to the start of every run, and only a finished fold draws.
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width * ncols, 4.5))
     return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
