@@ -53,10 +53,7 @@ def run_cv(cfg: Config) -> dict | None:
     check_batch_size(cfg, len(train_df))
     artifacts.check_run_dir(cfg)
     run_dir = cfg.run_dir
-    for fold in folds:  # a damaged file a rerun would read is reported before anything is written
-        if fold in artifacts.finished_folds(run_dir):
-            artifacts.check_fold_dir(run_dir / f"fold{fold}")
-        checkpoints.check_latest(run_dir / f"fold{fold}")
+    check_files_to_read(cfg, folds)
     train_df = assign_folds(train_df, cfg, member.is_main_process)
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
@@ -95,6 +92,20 @@ def run_cv(cfg: Config) -> dict | None:
     if not member.is_main_process:
         return None
     return finish_experiment(run_dir, tracker)
+
+
+def check_files_to_read(cfg: Config, folds: list[int]) -> None:
+    """A damaged file this run would read (a finished fold's, or the checkpoint an unfinished fold resumes from) is
+    reported before anything is written. With overwrite=true the folder is replaced and nothing of it is read."""
+    if cfg.overwrite:
+        return
+    finished = artifacts.finished_folds(cfg.run_dir)
+    for fold in folds:
+        fold_dir = cfg.run_dir / f"fold{fold}"
+        if fold in finished:
+            artifacts.check_fold_dir(fold_dir)
+        else:
+            checkpoints.check_latest(fold_dir)
 
 
 def check_batch_size(cfg: Config, n_rows: int) -> None:
