@@ -6,6 +6,7 @@ outputs/<experiment>/config.yaml          resolved config
                                          fine-tuned backbone; the tokenizer (and the weights, for embeddings)
                                          of a classical member's backbone
                     fold<k>/model.safetensors, oof.csv, test.csv, metrics.json
+                         (fitted.csv: the fold's predictions of its own training rows, with train.save_fitted)
                     oof.csv              id, fold, targets, <target>_pred (merged over folds)
                     test_predictions.csv id, <target>_fold<k> and their mean <target>
                     metrics.json         per-fold and overall CV RMSE, best steps, times
@@ -122,13 +123,19 @@ def describe_environment(folds: list[int], launch: dict) -> dict:
     }
 
 
-def save_fold(run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series) -> None:
+def save_fold(
+    run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series, train_ids: pd.Series
+) -> None:
     targets = cfg.data.target_columns
     fold_dir = run_dir / f"fold{result.fold}"
     state = {k: v.contiguous() for k, v in result.state.items()}
     atomic_write(fold_dir / "model.safetensors", lambda tmp: save_file(state, tmp))
     for name, content in result.extra_json.items():
         write_json(content, fold_dir / name)
+    if result.fitted_pred is not None:
+        fitted = pd.DataFrame(result.fitted_pred, columns=[f"{t}_pred" for t in targets])
+        fitted.insert(0, cfg.data.id_column, train_ids.to_numpy())
+        write_csv(fitted, fold_dir / "fitted.csv")
     oof = valid[[cfg.data.id_column, "fold", *targets, "text_length"]].copy()
     oof[[f"{t}_pred" for t in targets]] = result.valid_pred
     write_csv(oof, fold_dir / "oof.csv")

@@ -200,9 +200,12 @@ class ClassicalMember:
         # computing the features is each fold's cost too: shared out, so that fold times add up to the wall time
         self.shared_seconds = (time.perf_counter() - tick) / max(1, folds_to_fit)
 
-    def fit_fold(self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, listener: Listener) -> FoldResult:
+    def fit_fold(
+        self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, targets: np.ndarray, listener: Listener
+    ) -> FoldResult:
+        """Fit on `targets` of the training rows (a teacher's blend, with distillation); score on the truth."""
         cfg, tick = self.cfg, time.perf_counter()
-        state, extra, predict = fit_member(cfg, self.inputs[train_rows], self.targets[train_rows], self.threads)
+        state, extra, predict = fit_member(cfg, self.inputs[train_rows], targets[train_rows], self.threads)
         valid_pred, test_pred = predict(self.inputs[valid_rows]), predict(self.test_inputs)
         seconds = time.perf_counter() - tick + self.shared_seconds
         truth = self.targets[valid_rows]
@@ -225,6 +228,7 @@ class ClassicalMember:
             train_samples_per_second=event.samples_per_second,
             history=[event],
             extra_json=extra,
+            fitted_pred=predict(self.inputs[train_rows]) if cfg.train.save_fitted else None,
         )
 
 

@@ -117,6 +117,13 @@ class ModelConfig(_Section):
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
 
 
+class DistillConfig(_Section):
+    """A student trained on a blend of the true targets and a teacher's predictions (docs/distillation.md)."""
+
+    teacher: Path = Field(description="the teacher's run folder, trained with train.save_fitted=true on the same folds")
+    weight: float = Field(default=0.5, gt=0, le=1, description="the teacher's share of each training target")
+
+
 class TrainConfig(_Section):
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimizer steps")
@@ -184,6 +191,12 @@ class TrainConfig(_Section):
         ge=1,
         description="torch threads per process; null: the cores it may use, shared among this machine's processes",
     )
+    save_fitted: bool = Field(
+        default=False,
+        description="also save each fold's predictions of its own training rows (fold<k>/fitted.csv): a teacher "
+        "for train.distill",
+    )
+    distill: DistillConfig | None = Field(default=None, description="learn from a teacher run's fold models")
 
 
 class TrackingConfig(_Section):

@@ -3,6 +3,7 @@ and the training loop of one fold."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -88,17 +89,22 @@ class TransformerMember:
         self.targets = targets.astype(np.float32)
         self.collate = Collator(self.tokenizer.pad_token_id, self.cfg.train.pad_to_multiple_of)
 
-    def fit_fold(self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, listener: Listener) -> FoldResult:
+    def fit_fold(
+        self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, targets: np.ndarray, listener: Listener
+    ) -> FoldResult:
+        """Train on `targets` of the training rows (a teacher's blend, with distillation); validate on the truth."""
         cfg, train = self.cfg, self.cfg.train
         set_seed(cfg.seed + fold)
-        train_set = TextDataset(self.ids, train_rows, self.targets)
+        train_set = TextDataset(self.ids, train_rows, targets.astype(np.float32))
         loaders = {
             "train": train_loader(train_set, train.batch_size, cfg.seed + fold, train.length_bucketing, self.collate),
             "valid": eval_loader(self.ids, valid_rows, train.eval_batch_size, self.collate),
             "test": eval_loader(self.test_ids, np.arange(len(self.test_ids)), train.eval_batch_size, self.collate),
         }
-        model = self.fold_model(self.targets[train_rows], self.collate([train_set[0]]))
-        return train_fold(
+        if train.save_fitted:
+            loaders["fitted"] = eval_loader(self.ids, train_rows, train.eval_batch_size, self.collate)
+        model = self.fold_model(targets[train_rows], self.collate([train_set[0]]))
+        result = train_fold(
             self.accelerator,
             train,
             cfg.metric,
@@ -111,6 +117,8 @@ class TransformerMember:
             listener,
             cfg.run_dir / f"fold{fold}",
         )
+        fitted = result.fitted_pred
+        return result if fitted is None else dataclasses.replace(result, fitted_pred=fitted[train_rows])
 
     def fold_model(self, train_targets: np.ndarray, probe: dict) -> RegressionModel:
         """A fresh model for one fold, its target scaling fitted on the fold's training rows, its dropout checked."""
@@ -216,6 +224,7 @@ def train_fold(
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["valid"], loaders["test"], scheduler
     )
+    fitted_dl = accelerator.prepare(loaders["fitted"]) if "fitted" in loaders else None
     plan = {"steps": total_steps, "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes}
     p = resume(accelerator, fold, fold_dir, plan, on_validation)
     schedule = checkpoints.Schedule(train.checkpoint_every if fold_dir else None, p.step, accelerator.num_processes)
@@ -294,6 +303,7 @@ def train_fold(
 
     accelerator.unwrap_model(model).load_state_dict(p.best_state)
     test_pred = predict(accelerator, model, test_dl, n_test)
+    fitted_pred = predict(accelerator, model, fitted_dl, len(targets)) if fitted_dl else None  # NaN off its rows
     accelerator.free_memory()
     return FoldResult(
         fold=fold,
@@ -305,6 +315,7 @@ def train_fold(
         train_seconds=p.train_seconds,
         train_samples_per_second=p.samples / max(p.train_seconds, 1e-9),
         history=p.history,
+        fitted_pred=fitted_pred,
     )
 
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from textreg import artifacts, checkpoints
+from textreg import artifacts, checkpoints, distillation
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
 from textreg.engine import TransformerMember
@@ -35,7 +35,9 @@ class Member(Protocol):
     def announce(self) -> str: ...
     def save_assets(self, folder: Path) -> None: ...
     def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None: ...
-    def fit_fold(self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, listener: Listener) -> FoldResult: ...
+    def fit_fold(
+        self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, targets: np.ndarray, listener: Listener
+    ) -> FoldResult: ...
 
 
 def run_cv(cfg: Config) -> dict | None:
@@ -55,6 +57,7 @@ def run_cv(cfg: Config) -> dict | None:
     run_dir = cfg.run_dir
     check_files_to_read(cfg, folds)
     train_df = assign_folds(train_df, cfg, member.is_main_process)
+    teacher = distillation.load_teacher(cfg, train_df, folds) if cfg.train.distill else None
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
         artifacts.prepare_run_dir(cfg, artifacts.describe_environment(folds, member.describe()))
@@ -78,13 +81,16 @@ def run_cv(cfg: Config) -> dict | None:
                 checkpoints.remove_all(run_dir / f"fold{fold}")  # left by a stop between the fold's files and this
             continue
         valid_rows, train_rows = np.flatnonzero(fold_of_row == fold), np.flatnonzero(fold_of_row != fold)
+        ids = train_df[cfg.data.id_column]
+        fold_targets = teacher.targets(fold, targets, ids, train_rows) if teacher else targets
         with tracker.fold_run(fold):
             result = member.fit_fold(
-                fold, train_rows, valid_rows, lambda event: tracker.log(wandb_values(event, cfg), event.step)
+                fold, train_rows, valid_rows, fold_targets, lambda e: tracker.log(wandb_values(e, cfg), e.step)
             )
             tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
             if member.is_main_process:
-                artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_df[cfg.data.id_column])
+                test_ids, train_ids = test_df[cfg.data.id_column], ids.iloc[train_rows]
+                artifacts.save_fold(run_dir, cfg, result, train_df.iloc[valid_rows], test_ids, train_ids)
                 checkpoints.remove_all(run_dir / f"fold{fold}")
         member.print(f"fold {fold}: best val {cfg.metric} {result.best_score:.4f} at step {result.best_step}")
         member.wait_for_everyone()

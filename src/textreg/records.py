@@ -39,6 +39,7 @@ class FoldResult:
     train_samples_per_second: float
     history: list[ValidationEvent] = field(default_factory=list)
     extra_json: dict[str, object] = field(default_factory=dict)  # more files of the fold, e.g. a vocabulary
+    fitted_pred: np.ndarray | None = None  # train.save_fitted: rows of the training set, in the order of `train_rows`
 
 
 def read_history(fold_metrics: dict) -> list[ValidationEvent]:
