@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader  # noqa: E402
 from textreg.config import load_config  # noqa: E402
 from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
-from textreg.engine import predict, train_fold  # noqa: E402
+from textreg.engine import make_accelerator, predict, train_fold  # noqa: E402
 from textreg.files import write_folder_once  # noqa: E402
 from textreg.hardware import choose_mixed_precision, cpu_supports_bf16, set_threads  # noqa: E402
 from textreg.metrics import score  # noqa: E402
@@ -178,12 +178,8 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
 
 
 def run_pipeline(cfg, data: dict, steps: int) -> dict:
-    from accelerate import Accelerator
-
     t = cfg.train.model_copy(update={"max_steps": steps, "eval_every": 10**9})
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=choose_mixed_precision(t.mixed_precision)
-    )
+    accelerator = make_accelerator(t)
     ids = data["ids"]
     collate = Collator(data["tokenizer"].pad_token_id, t.pad_to_multiple_of)
     train_set = TextDataset(ids, data["train"], data["targets"])

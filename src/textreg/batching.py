@@ -20,6 +20,9 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: 
     return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)["input_ids"]
 
 
+PIN_MEMORY = torch.cuda.is_available()  # page-locked batches: copies to the GPU that need not wait
+
+
 class TextDataset(Dataset):
     """Rows `rows` of a tokenized table, with their targets when they are known."""
 
@@ -103,10 +106,13 @@ def train_loader(dataset: TextDataset, batch_size: int, seed: int, bucketing: bo
     """Batches drawn from the seed and the epoch alone. The loader has a generator of its own, so iterating it
     leaves the global random state (dropout's) alone: a resumed fold draws the same numbers as an unbroken one."""
     sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed, chunk_batches=50 if bucketing else 1)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator(), pin_memory=PIN_MEMORY
+    )
 
 
 def eval_loader(input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator) -> DataLoader:
     """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
     order = sorted(rows, key=lambda r: len(input_ids[int(r)]))
-    return DataLoader(TextDataset(input_ids, np.asarray(order)), batch_size=batch_size, collate_fn=collate)
+    dataset = TextDataset(input_ids, np.asarray(order))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=PIN_MEMORY)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
@@ -49,12 +49,7 @@ class TransformerMember:
         self.backbone_path, self.backbone_config = load_backbone_config(cfg.model)
         self.tokenizer = load_tokenizer(self.backbone_path)
         self.separator = separator(self.tokenizer)
-        self.accelerator = Accelerator(
-            # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
-            gradient_accumulation_steps=cfg.train.grad_accum,
-        )
+        self.accelerator = make_accelerator(cfg.train)
         self.threads = set_threads(cfg.train.threads)
         self.is_main_process = self.accelerator.is_main_process
         self.print = self.accelerator.print
@@ -130,6 +125,17 @@ class TransformerMember:
         if cfg.model.dropout.disable:
             check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
         return model
+
+
+def make_accelerator(train: TrainConfig) -> Accelerator:
+    """One per process. On a GPU, batches come from pinned memory and are copied without waiting."""
+    return Accelerator(
+        # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=choose_mixed_precision(train.mixed_precision),
+        gradient_accumulation_steps=train.grad_accum,
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
+    )
 
 
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
