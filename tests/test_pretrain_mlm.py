@@ -10,11 +10,12 @@ import yaml
 from conftest import REPO, make_competition, train_in_process
 from fake_wandb import fake_wandb_fixture  # noqa: F401 (the fake_wandb fixture)
 from safetensors.torch import load_file
+from test_config import _defaults_set_again
 from transformers import AutoModel
 
 import pretrain_mlm
 from textreg import checkpoints, pretraining
-from textreg.config import load_pretrain_config
+from textreg.config import PretrainConfig, load_pretrain_config
 
 EPOCHS = 3
 
@@ -167,3 +168,13 @@ def test_a_missing_or_malformed_extra_file_is_one_clear_error(
     assert run(config) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: pretrain.extra_texts") and message in err[0], err
+
+
+@pytest.mark.parametrize("name", ["minilm_mlm.yaml", "mpnet_base_mlm.yaml"])
+def test_shipped_pretraining_configs_validate_and_restate_no_default(name):
+    path = REPO / "configs" / "pretrain" / name
+    cfg = load_pretrain_config(path)
+    assert cfg.pretrain.output.parent == Path("input/backbones") and cfg.data.text_column == "excerpt"
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("defaults", None)
+    assert _defaults_set_again(raw, PretrainConfig) == []
