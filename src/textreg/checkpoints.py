@@ -106,16 +106,17 @@ def save(accelerator: Accelerator, fold_dir: Path, progress: FoldProgress, finge
     return time.perf_counter() - tick
 
 
-def load(accelerator: Accelerator, folder: Path, fingerprint: dict) -> FoldProgress:
-    """Restore a prepared model, optimizer, scheduler and the random states; return the loop's progress."""
+def load(accelerator: Accelerator, folder: Path, fingerprint: dict, progress_type: type = FoldProgress):
+    """Restore a prepared model, optimizer, scheduler and the random states; return the loop's progress (a
+    `progress_type`: a fold's FoldProgress, or another loop's class with the same `from_saved`)."""
     saved = torch.load(folder / PROGRESS_FILE, weights_only=True)
     if saved.pop("fingerprint") != fingerprint:
         raise UserError(
             f"{folder} was saved by a run with another step plan or process count ({fingerprint}); "
-            "resume it as it was launched, or delete the folder to start the fold over"
+            "resume it as it was launched, or delete the folder to start over"
         )
     accelerator.load_state(str(folder))
-    return FoldProgress.from_saved(saved)
+    return progress_type.from_saved(saved)
 
 
 def remove_all(fold_dir: Path) -> None:

@@ -237,6 +237,57 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
+class PretrainModelConfig(_Section):
+    backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
+
+
+class PretrainSection(_Section):
+    output: Path = Field(description="the backbone folder written, e.g. input/backbones/minilm-commonlit-mlm")
+    extra_texts: list[Path] = Field(
+        default_factory=list, description="unlabeled text files: .txt one text a non-empty line, .csv a text column"
+    )
+    epochs: int = Field(default=5, ge=1)
+    lr: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    max_len: int = Field(default=256, ge=8)
+    mask_probability: float = Field(default=0.15, gt=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    valid_share: float = Field(
+        default=0.05, ge=0, lt=1, description="texts held out (fixed by seed) for a masked-LM loss each epoch"
+    )
+    seed: int = 42
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    threads: int | None = Field(default=None, ge=1, description="torch threads per process; null: see train.threads")
+    checkpoint_every: int | None = Field(
+        default=500, ge=1, description="save the training state every N optimizer steps; a rerun resumes; null: never"
+    )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value: object) -> object:
+        return "no" if value is False else value
+
+
+class PretrainConfig(_Section):
+    """src/pretrain_mlm.py: continued masked-LM pretraining of a backbone on the competition's texts."""
+
+    output_dir: Path = Field(default=Path("outputs"), description="where W&B keeps its local files")
+    data: DataConfig
+    model: PretrainModelConfig
+    pretrain: PretrainSection
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def experiment(self) -> str:
+        """The W&B group and run name (textreg.tracking.Tracker): the output folder's name."""
+        return self.pretrain.output.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 def _deep_merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
@@ -295,9 +346,9 @@ def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return changed
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
+def _allowed_keys(loc: tuple, root: type[BaseModel] = Config) -> list[str]:
     """The field names of the section at `loc` (to tell the user what an unknown key could have been)."""
-    model: type[BaseModel] = Config
+    model = root
     for part in loc:
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -306,12 +357,12 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _format_errors(err: ValidationError) -> str:
+def _format_errors(err: ValidationError, root: type[BaseModel] = Config) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "config"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1]))}")
+            lines.append(f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1], root))}")
         elif e["type"] == "missing":
             lines.append(f"{key}: required key is missing")
         else:
@@ -328,6 +379,13 @@ def validate(raw: dict) -> Config:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return validate(apply_overrides(compose(Path(path)), overrides or []))
+
+
+def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
+    try:
+        return PretrainConfig.model_validate(apply_overrides(compose(Path(path)), overrides or []))
+    except ValidationError as err:
+        raise UserError(_format_errors(err, PretrainConfig)) from None
 
 
 def dump(cfg: Config) -> str:

@@ -58,8 +58,7 @@ def _join(df: pd.DataFrame, data: DataConfig, split: str) -> pd.DataFrame:
     return df
 
 
-def _load(cfg: Config, split: str, path: Path, required: list[str]) -> pd.DataFrame:
-    data = cfg.data
+def _load(data: DataConfig, split: str, path: Path, required: list[str]) -> pd.DataFrame:
     df = read_csv(path)
     _require_columns(df, [data.id_column, *(j.key for j in data.joins), *required], path)
     dup = df[data.id_column][df[data.id_column].duplicated()]
@@ -78,7 +77,7 @@ def load_train(cfg: Config) -> pd.DataFrame:
     data, cv = cfg.data, cfg.cv
     path = data.dir / data.train_file
     extra = [c for c in (cv.group_column, cv.stratify_column) if c]
-    df = _load(cfg, "train", path, [*data.target_columns, *extra])
+    df = _load(data, "train", path, [*data.target_columns, *extra])
     for col in data.target_columns:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
@@ -93,7 +92,15 @@ def load_train(cfg: Config) -> pd.DataFrame:
 
 def load_test(cfg: Config, path: Path | None = None) -> pd.DataFrame:
     """The competition's test file, or any file with the same columns (`path`)."""
-    return _load(cfg, "test", path or cfg.data.dir / cfg.data.test_file, []).reset_index(drop=True)
+    return _load(cfg.data, "test", path or cfg.data.dir / cfg.data.test_file, []).reset_index(drop=True)
+
+
+def competition_texts(data: DataConfig, sep: str) -> list[str]:
+    """The model input of every training and test row, built and checked as training builds it; no targets
+    needed (masked-LM pretraining reads the texts alone)."""
+    files = {"train": data.train_file, "test": data.test_file}
+    frames = [_load(data, split, data.dir / file, []) for split, file in files.items()]
+    return [text for df in frames for text in model_inputs(df, data, sep)]
 
 
 def model_inputs(df: pd.DataFrame, data: DataConfig, sep: str) -> list[str]:

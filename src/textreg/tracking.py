@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from textreg.config import Config
+from textreg.config import Config, PretrainConfig
 
 
 def logged_in() -> bool:
@@ -38,7 +38,7 @@ def resolve_mode(setting: str) -> str:
 class Tracker:
     """Opens, logs to and always finishes W&B runs; does nothing off the main process or when disabled."""
 
-    def __init__(self, cfg: Config, is_main_process: bool) -> None:
+    def __init__(self, cfg: Config | PretrainConfig, is_main_process: bool) -> None:
         self.cfg = cfg
         self.mode = resolve_mode(cfg.tracking.mode) if is_main_process else "disabled"
         self.run = None
