@@ -87,18 +87,20 @@ def fold_data(cfg, eval_rows: int) -> dict:
 
 
 def run_plain(cfg, data: dict, steps: int) -> dict:
-    """The usual way: pad everything to max_len, shuffle, fp32, torch's default AdamW."""
+    """The usual way: pad everything to max_len, shuffle, fp32, torch's default AdamW; on the GPU if there is one."""
     tok, t = data["tokenizer"], cfg.train
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     enc = tok(data["texts"], padding="max_length", truncation=True, max_length=cfg.model.max_len, return_tensors="pt")
-    targets = torch.from_numpy(data["targets"])
-    model = data["model"]()
+    enc = {key: value.to(device) for key, value in enc.items()}
+    targets = torch.from_numpy(data["targets"]).to(device)
+    model = data["model"]().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     schedule = get_scheduler("linear", optimizer, int(steps * t.warmup_ratio), steps)
     order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(data["train"]))
     model.train()
     tick = time.perf_counter()
     for step in range(steps):
-        rows = order[(step * t.batch_size) % len(order) :][: t.batch_size]
+        rows = order[(step * t.batch_size) % len(order) :][: t.batch_size].to(device)
         out = model(enc["input_ids"][rows], enc["attention_mask"][rows])
         loss = nn.functional.mse_loss(out, targets[rows])
         loss.backward()
@@ -106,14 +108,16 @@ def run_plain(cfg, data: dict, steps: int) -> dict:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the GPU may still be working through the queued steps
     train_seconds = time.perf_counter() - tick
     model.eval()
     valid, preds = data["valid"], []
     tick = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(valid), t.eval_batch_size):
-            rows = torch.from_numpy(valid[start : start + t.eval_batch_size])
-            preds.append(model(enc["input_ids"][rows], enc["attention_mask"][rows]))
+            rows = torch.from_numpy(valid[start : start + t.eval_batch_size]).to(device)
+            preds.append(model(enc["input_ids"][rows], enc["attention_mask"][rows]).cpu())
     infer_seconds = time.perf_counter() - tick
     preds = torch.cat(preds).numpy()
     return result(steps * t.batch_size / train_seconds, len(valid) / infer_seconds, data, preds, model, "no")

@@ -29,9 +29,9 @@ def test_the_gpu_script_runs_every_section_anywhere(competition):
         "trainer": "bf16",
         "pipeline": "bf16",
         "pipeline train.mixed_precision=no": "no",
-        "pipeline train.pad_to_multiple_of=64": "bf16",
-        "pipeline train.cudnn_attention=false": "bf16",
-        "pipeline train.pad_to_multiple_of=64 train.cudnn_attention=false": "bf16",
+        "pipeline train.pad_to_multiple_of=1 train.cudnn_attention=null": "bf16",
+        "pipeline train.pad_to_multiple_of=1": "bf16",
+        "pipeline train.cudnn_attention=null": "bf16",
         "pipeline train.gradient_checkpointing=true": "bf16",
     }
     for name, precision in precisions.items():

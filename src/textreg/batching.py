@@ -45,13 +45,23 @@ class TextDataset(Dataset):
         return [len(self.input_ids[int(r)]) for r in self.rows]
 
 
-class Collator:
-    """Pads a batch to its longest text, rounded up to a multiple of `pad_to_multiple_of`: on a GPU every new
-    (batch, length) shape may cost a kernel choice, and a multiple of 8 suits tensor cores."""
+GPU_PAD_MULTIPLE = 64  # on a GPU, the default of train.pad_to_multiple_of (docs/speed.md)
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1) -> None:
+
+def pad_multiple(setting: int | None) -> int:
+    """`train.pad_to_multiple_of`; null: 64 on a GPU, where each new (batch, length) shape costs kernel choices
+    (cuDNN plans its fused attention anew for each), 1 on a CPU, where padding is only wasted work."""
+    if setting is not None:
+        return setting
+    return GPU_PAD_MULTIPLE if torch.cuda.is_available() else 1
+
+
+class Collator:
+    """Pads a batch to its longest text, rounded up to a multiple (`pad_multiple`); padded positions are masked."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
         self.pad_token_id = pad_token_id
-        self.multiple = pad_to_multiple_of
+        self.multiple = pad_multiple(pad_to_multiple_of)
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         width = -(-max(len(it["input_ids"]) for it in items) // self.multiple) * self.multiple

@@ -148,8 +148,11 @@ class TrainConfig(_Section):
     )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     length_bucketing: bool = Field(default=True, description="batches of similar lengths: less padding")
-    pad_to_multiple_of: int = Field(
-        default=1, ge=1, description="round each batch's padded length up to this multiple (fewer shapes on a GPU)"
+    pad_to_multiple_of: int | None = Field(
+        default=None,
+        ge=1,
+        description="round each batch's padded length up to this multiple; null: 64 on a GPU (fewer shapes, measured "
+        "faster), 1 on a CPU",
     )
 
     @field_validator("mixed_precision", mode="before")
@@ -179,9 +182,9 @@ class TrainConfig(_Section):
         description="validate and keep an exponential moving average of the weights with this decay (e.g. 0.99)",
     )
     cudnn_attention: bool | None = Field(
-        default=None,
-        description="CUDA: allow cuDNN's fused attention (false: PyTorch's other kernels; it plans each new shape); "
-        "null: PyTorch's choice",
+        default=False,
+        description="CUDA: allow cuDNN's fused attention, which plans each new shape (false, measured faster: "
+        "PyTorch's other kernels); null: PyTorch's choice",
     )
     gradient_checkpointing: bool = Field(
         default=False, description="keep fewer activations and recompute them in the backward pass: less memory, slower"
