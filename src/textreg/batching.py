@@ -17,6 +17,8 @@ def separator(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    if not texts:  # the fast tokenizers fail on an empty batch
+        return []
     return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)["input_ids"]
 
 
@@ -26,10 +28,17 @@ PIN_MEMORY = torch.cuda.is_available()  # page-locked batches: copies to the GPU
 class TextDataset(Dataset):
     """Rows `rows` of a tokenized table, with their targets when they are known."""
 
-    def __init__(self, input_ids: list[list[int]], rows: np.ndarray, targets: np.ndarray | None = None):
+    def __init__(
+        self,
+        input_ids: list[list[int]],
+        rows: np.ndarray,
+        targets: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ):
         self.input_ids = input_ids
         self.rows = rows
         self.targets = targets
+        self.weights = weights  # each row's weight in the loss (pseudo-labelled rows weigh less)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -39,6 +48,8 @@ class TextDataset(Dataset):
         item = {"input_ids": self.input_ids[row], "row": row}
         if self.targets is not None:
             item["target"] = self.targets[row]
+        if self.weights is not None:
+            item["weight"] = self.weights[row]
         return item
 
     def lengths(self) -> list[int]:
@@ -73,6 +84,8 @@ class Collator:
         batch = {"input_ids": ids, "attention_mask": mask, "row": torch.tensor([it["row"] for it in items])}
         if "target" in items[0]:
             batch["target"] = torch.tensor(np.stack([it["target"] for it in items]), dtype=torch.float32)
+        if "weight" in items[0]:
+            batch["weight"] = torch.tensor([it["weight"] for it in items], dtype=torch.float32)
         return batch
 
 

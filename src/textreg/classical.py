@@ -192,7 +192,10 @@ class ClassicalMember:
 
         write_folder_once(folder, write)
 
-    def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None:
+    def prepare(
+        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
+    ) -> None:
+        """`pseudo_texts` is always empty: the config refuses pseudo-labels for a classical member."""
         tick = time.perf_counter()
         self.inputs = member_inputs(self.cfg, self.backbone_path, texts)
         self.test_inputs = member_inputs(self.cfg, self.backbone_path, test_texts)
@@ -201,7 +204,13 @@ class ClassicalMember:
         self.shared_seconds = (time.perf_counter() - tick) / max(1, folds_to_fit)
 
     def fit_fold(
-        self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, targets: np.ndarray, listener: Listener
+        self,
+        fold: int,
+        train_rows: np.ndarray,
+        valid_rows: np.ndarray,
+        targets: np.ndarray,
+        listener: Listener,
+        pseudo: tuple[np.ndarray, float] | None = None,
     ) -> FoldResult:
         """Fit on `targets` of the training rows (a teacher's blend, with distillation); score on the truth."""
         cfg, tick = self.cfg, time.perf_counter()

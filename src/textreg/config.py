@@ -42,6 +42,17 @@ class JoinConfig(_Section):
     key: str = Field(description="the column both tables share")
 
 
+class PseudoLabelConfig(_Section):
+    """Unlabeled rows scored by a teacher run, added to every fold's training rows, never to its validation rows
+    (docs/distillation.md)."""
+
+    teacher: Path = Field(description="the teacher's run folder, trained on the same folds")
+    texts: Path = Field(description="a CSV of the unlabeled rows, with the id and text columns of the test file")
+    weight: float = Field(
+        default=0.5, gt=0, le=1, description="a pseudo-labelled row's weight in the loss (1: a labelled row's)"
+    )
+
+
 class DataConfig(_Section):
     competition: str
     dir: Path
@@ -57,6 +68,7 @@ class DataConfig(_Section):
     target_columns: list[str] = Field(min_length=1)
     standardize_targets: bool = Field(default=False, description="train on z-scores, predict in target units")
     subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")
+    pseudo_label: PseudoLabelConfig | None = Field(default=None, description="learn from unlabeled rows too")
 
     @model_validator(mode="after")
     def _one_text_source(self) -> DataConfig:
@@ -223,6 +235,12 @@ class Config(_Section):
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _pseudo_labels_need_a_backbone(self) -> Config:
+        if self.data.pseudo_label and self.model.kind != "transformer":
+            raise ValueError("data.pseudo_label trains a fine-tuned backbone (model.kind=transformer) only")
+        return self
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> Config:

@@ -75,22 +75,39 @@ class TransformerMember:
 
         write_folder_once(folder, write)
 
-    def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None:
+    def prepare(
+        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
+    ) -> None:
         max_len = self.cfg.model.max_len
-        self.ids, self.test_ids = (
+        self.ids, self.test_ids, self.pseudo_ids = (
             tokenize(self.tokenizer, texts, max_len),
             tokenize(self.tokenizer, test_texts, max_len),
+            tokenize(self.tokenizer, pseudo_texts, max_len),
         )
         self.targets = targets.astype(np.float32)
         self.collate = Collator(self.tokenizer.pad_token_id, self.cfg.train.pad_to_multiple_of)
 
     def fit_fold(
-        self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, targets: np.ndarray, listener: Listener
+        self,
+        fold: int,
+        train_rows: np.ndarray,
+        valid_rows: np.ndarray,
+        targets: np.ndarray,
+        listener: Listener,
+        pseudo: tuple[np.ndarray, float] | None = None,
     ) -> FoldResult:
-        """Train on `targets` of the training rows (a teacher's blend, with distillation); validate on the truth."""
+        """Train on `targets` of the training rows (a teacher's blend, with distillation) and on the pseudo-labelled
+        rows (their targets for this fold, and their weight in the loss); validate on the truth."""
         cfg, train = self.cfg, self.cfg.train
         set_seed(cfg.seed + fold)
         train_set = TextDataset(self.ids, train_rows, targets.astype(np.float32))
+        if pseudo is not None:  # the pseudo-labelled rows follow the labelled ones
+            pseudo_targets, weight = pseudo
+            n, extra = len(self.ids), len(self.pseudo_ids)
+            weights = np.concatenate([np.ones(n), np.full(extra, weight)]).astype(np.float32)
+            all_targets = np.concatenate([targets, pseudo_targets]).astype(np.float32)
+            rows = np.concatenate([train_rows, n + np.arange(extra)])
+            train_set = TextDataset(self.ids + self.pseudo_ids, rows, all_targets, weights)
         loaders = {
             "train": train_loader(train_set, train.batch_size, cfg.seed + fold, train.length_bucketing, self.collate),
             "valid": eval_loader(self.ids, valid_rows, train.eval_batch_size, self.collate),
@@ -172,6 +189,13 @@ def enable_gradient_checkpointing(backbone: nn.Module) -> None:
             return _forward(*args, **kwargs)
 
         layer.forward = forward
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean squared error; with row weights, their weighted mean (equal weights give the plain mean)."""
+    if weight is None:
+        return nn.functional.mse_loss(pred, target)
+    return (weight[:, None] * (pred - target) ** 2).sum() / (weight.sum() * pred.shape[1])
 
 
 def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int) -> np.ndarray:
@@ -272,7 +296,7 @@ def train_fold(
         for batch in batches:
             with accelerator.accumulate(model):
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                loss = nn.functional.mse_loss(out.float(), units.to_model_units(batch["target"]))
+                loss = weighted_mse(out.float(), units.to_model_units(batch["target"]), batch.get("weight"))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), train.grad_clip)

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from textreg import artifacts, checkpoints, distillation
+from textreg import artifacts, checkpoints, teachers
 from textreg.config import Config
 from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
 from textreg.engine import TransformerMember
@@ -34,9 +34,17 @@ class Member(Protocol):
     def describe(self) -> dict: ...
     def announce(self) -> str: ...
     def save_assets(self, folder: Path) -> None: ...
-    def prepare(self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int) -> None: ...
+    def prepare(
+        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
+    ) -> None: ...
     def fit_fold(
-        self, fold: int, train_rows: np.ndarray, valid_rows: np.ndarray, targets: np.ndarray, listener: Listener
+        self,
+        fold: int,
+        train_rows: np.ndarray,
+        valid_rows: np.ndarray,
+        targets: np.ndarray,
+        listener: Listener,
+        pseudo: tuple[np.ndarray, float] | None = None,
     ) -> FoldResult: ...
 
 
@@ -57,7 +65,8 @@ def run_cv(cfg: Config) -> dict | None:
     run_dir = cfg.run_dir
     check_files_to_read(cfg, folds)
     train_df = assign_folds(train_df, cfg, member.is_main_process)
-    teacher = distillation.load_teacher(cfg, train_df, folds) if cfg.train.distill else None
+    teacher = teachers.load_teacher(cfg, train_df, folds) if cfg.train.distill else None
+    pseudo = teachers.load_pseudo_labels(cfg, train_df, member.separator) if cfg.data.pseudo_label else None
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
         artifacts.prepare_run_dir(cfg, artifacts.describe_environment(folds, member.describe()))
@@ -71,7 +80,8 @@ def run_cv(cfg: Config) -> dict | None:
     to_fit = [fold for fold in folds if fold not in finished]
     targets = train_df[cfg.data.target_columns].to_numpy()
     if to_fit:  # tokenizing or embedding every text is work only a fold to fit needs
-        member.prepare(texts, model_inputs(test_df, cfg.data, member.separator), targets, len(to_fit))
+        test_texts = model_inputs(test_df, cfg.data, member.separator)
+        member.prepare(texts, test_texts, targets, len(to_fit), pseudo.texts if pseudo else [])
     tracker = Tracker(cfg, member.is_main_process)
     fold_of_row = train_df["fold"].to_numpy()
     for fold in folds:
@@ -85,7 +95,12 @@ def run_cv(cfg: Config) -> dict | None:
         fold_targets = teacher.targets(fold, targets, ids, train_rows) if teacher else targets
         with tracker.fold_run(fold):
             result = member.fit_fold(
-                fold, train_rows, valid_rows, fold_targets, lambda e: tracker.log(wandb_values(e, cfg), e.step)
+                fold,
+                train_rows,
+                valid_rows,
+                fold_targets,
+                lambda e: tracker.log(wandb_values(e, cfg), e.step),
+                (pseudo.targets(fold), pseudo.weight) if pseudo else None,
             )
             tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
             if member.is_main_process:

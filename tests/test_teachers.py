@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import make_competition, train_in_process, write_config
 
 import predict as predict_cli
@@ -108,4 +109,63 @@ def test_a_teacher_that_cannot_teach_honestly_is_refused_before_anything_is_writ
     train_in_process(config, "experiment=teacher", *TFIDF, *teacher_args)
     assert train.main(["--config", str(config), *student, *TFIDF, *student_args]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "student").exists()
+
+
+def unlabeled_rows(folder, n: int = 6):
+    rows = pd.DataFrame(
+        {"id": [f"un{i:03d}" for i in range(n)], "excerpt": [f"the cat sat {'river ' * i}" for i in range(n)]}
+    )
+    path = folder / "unlabeled.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def test_pseudo_labelled_rows_train_each_fold_with_that_folds_teacher_and_weight(
+    tmp_path, competition, backbones, monkeypatch
+):
+    config, teacher, _ = teacher_and_student_configs(tmp_path, competition, backbones["bert"])
+    train_in_process(config, "experiment=teacher", *TFIDF)
+    texts = unlabeled_rows(tmp_path)
+    assert predict_cli.main([str(teacher), "--input", str(texts)]) == 0
+    seen = []
+    dataset = engine.TextDataset
+    monkeypatch.setattr(engine, "TextDataset", lambda *args: seen.append(args) or dataset(*args))
+    pseudo = f"data.pseudo_label={{teacher: {teacher}, texts: {texts}, weight: 0.3}}"
+    train_in_process(config, "experiment=student", "cv.scheme=kfold", pseudo)
+    scored = pd.read_csv(teacher / "predictions" / "unlabeled.csv")
+    folds = pd.read_csv(teacher / "folds.csv")["fold"].to_numpy()
+    labelled = [args for args in seen if len(args) == 3]  # the fold's labelled rows, then with the pseudo-labelled
+    for fold, (ids, rows, targets, weights) in enumerate(args for args in seen if len(args) == 4):
+        n = len(labelled[fold][0])
+        assert len(ids) == n + 6 and set(rows[rows >= n]) == set(range(n, n + 6))
+        assert not set(rows[rows < n]) & set(np.flatnonzero(folds == fold))  # no validation row is trained on
+        np.testing.assert_allclose(targets[n:, 0], scored[f"target_fold{fold}"], atol=1e-6)
+        assert (weights[:n] == 1).all() and np.allclose(weights[n:], 0.3)
+    oof = pd.read_csv(tmp_path / "outputs" / "student" / "oof.csv")
+    assert len(oof) == len(folds) and not oof["id"].str.startswith("un").any()  # validated on labelled rows only
+
+
+def test_the_weighted_loss_is_the_weighted_mean_of_squared_errors():
+    pred, target = torch.tensor([[1.0], [3.0]]), torch.tensor([[0.0], [0.0]])
+    assert engine.weighted_mse(pred, target, None) == 5.0
+    assert engine.weighted_mse(pred, target, torch.tensor([1.0, 1.0])) == 5.0
+    assert engine.weighted_mse(pred, target, torch.tensor([1.0, 0.5])) == pytest.approx((1 + 0.5 * 9) / 1.5)
+
+
+def test_pseudo_labels_without_their_scores_or_with_training_rows_are_refused(tmp_path, competition, backbones, capsys):
+    config, teacher, _ = teacher_and_student_configs(tmp_path, competition, backbones["bert"])
+    train_in_process(config, "experiment=teacher", *TFIDF)
+    texts = unlabeled_rows(tmp_path)
+    student = ["--config", str(config), "experiment=student", "cv.scheme=kfold"]
+    pseudo = f"data.pseudo_label={{teacher: {teacher}, texts: {texts}}}"
+    assert train.main([*student, pseudo]) == 2
+    assert f"score the rows first: python src/predict.py {teacher} --input {texts}" in capsys.readouterr().err
+    leaky = tmp_path / "leaky.csv"
+    pd.read_csv(competition / "train.csv")[["id", "excerpt"]].head(3).to_csv(leaky, index=False)
+    assert predict_cli.main([str(teacher), "--input", str(leaky)]) == 0
+    assert train.main([*student, f"data.pseudo_label={{teacher: {teacher}, texts: {leaky}}}"]) == 2
+    assert "holds training rows" in capsys.readouterr().err
+    assert train.main([*student, pseudo, "model.kind=tfidf_ridge"]) == 2
+    assert "model.kind=transformer" in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "student").exists()

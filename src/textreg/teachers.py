@@ -1,0 +1,108 @@
+"""Learning from a teacher run, cross-validated honestly: distillation (`train.distill`) and pseudo-labels
+(`data.pseudo_label`).
+
+The student's fold k learns from the teacher's fold-k model alone, the one model of the teacher that never saw
+fold k: for distillation, its predictions of the fold's own training rows (`fold<k>/fitted.csv`, written with
+`train.save_fitted=true`); for pseudo-labels, its column `<target>_fold<k>` of `src/predict.py`'s predictions of
+the unlabeled rows. The teacher's out-of-fold predictions, or its mean over folds, would leak: the teacher's
+fold-j model trained on fold k's texts and targets, so a student validated on fold k would have learnt from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from textreg import artifacts
+from textreg.config import Config, DistillConfig
+from textreg.data import load_test, model_inputs, read_csv
+from textreg.errors import UserError
+
+
+class Teacher:
+    """The training targets of each student fold: (1 - weight) * truth + weight * the teacher fold's prediction."""
+
+    def __init__(self, distill: DistillConfig, fitted: dict[int, pd.DataFrame]) -> None:
+        self.weight = distill.weight
+        self.fitted = fitted  # fold -> the teacher fold's predictions, indexed by id
+
+    def targets(self, fold: int, targets: np.ndarray, ids: pd.Series, train_rows: np.ndarray) -> np.ndarray:
+        """`targets` with the fold's training rows blended; other rows (the validation fold) keep their truth."""
+        predicted = self.fitted[fold].reindex(ids.iloc[train_rows]).to_numpy()
+        blended = targets.astype(np.float64).copy()
+        blended[train_rows] = (1 - self.weight) * blended[train_rows] + self.weight * predicted
+        return blended
+
+
+def load_teacher(cfg: Config, train_df: pd.DataFrame, folds: list[int]) -> Teacher:
+    """The teacher of `cfg.train.distill`, checked against the student: same targets, same fold of every row, and
+    for each fold to train, a finished teacher fold with its fitted predictions of every training row."""
+    distill = cfg.train.distill
+    assert distill is not None
+    run_dir, id_col, targets = distill.teacher, cfg.data.id_column, cfg.data.target_columns
+    student_folds = check_teacher(run_dir, cfg, train_df)
+    fitted = {}
+    for fold in folds:
+        path = run_dir / f"fold{fold}" / "fitted.csv"
+        if fold not in artifacts.finished_folds(run_dir):
+            raise UserError(f"{run_dir}: fold {fold} is not finished; train it first (folds=[{fold}])")
+        if not path.is_file():
+            raise UserError(f"{path} is missing: train the teacher with train.save_fitted=true")
+        table = read_csv(path).set_index(id_col)[[f"{t}_pred" for t in targets]]
+        expected = student_folds.index[student_folds != fold]
+        if table.index.sort_values().tolist() != expected.sort_values().tolist():
+            raise UserError(f"{path} does not hold exactly the fold's training rows; train the teacher fold again")
+        fitted[fold] = table
+    return Teacher(distill, fitted)
+
+
+def check_teacher(run_dir: Path, cfg: Config, train_df: pd.DataFrame) -> pd.Series:
+    """A teacher run of the same targets and of the same fold for every row; returns the student's folds by id."""
+    teacher_cfg, id_col = artifacts.open_run(run_dir), cfg.data.id_column
+    if teacher_cfg.data.target_columns != cfg.data.target_columns:
+        raise UserError(f"{run_dir} predicts {teacher_cfg.data.target_columns}, this run {cfg.data.target_columns}")
+    teacher_folds = read_csv(run_dir / "folds.csv").set_index(id_col)["fold"]
+    student_folds = train_df.set_index(id_col)["fold"]
+    if not teacher_folds.sort_index().equals(student_folds.sort_index()):
+        raise UserError(
+            f"{run_dir} was trained on other folds (its folds.csv differs from this run's): a teacher's fold k must "
+            "never have seen the student's fold k; train the teacher with this run's data and cv settings"
+        )
+    return student_folds
+
+
+class PseudoLabels:
+    """Unlabeled rows and, for each student fold, the teacher fold's predictions of them."""
+
+    def __init__(self, table: pd.DataFrame, texts: list[str], targets: list[str], weight: float) -> None:
+        self.table, self.texts, self.target_columns, self.weight = table, texts, targets, weight
+
+    def targets(self, fold: int) -> np.ndarray:
+        return self.table[[f"{t}_fold{fold}" for t in self.target_columns]].to_numpy(dtype=np.float64)
+
+
+def load_pseudo_labels(cfg: Config, train_df: pd.DataFrame, separator: str) -> PseudoLabels:
+    """The rows of `data.pseudo_label.texts` with the teacher's per-fold predictions of them, checked: same folds
+    as this run, a prediction of every row by every fold, and no row that is also a training row."""
+    pseudo = cfg.data.pseudo_label
+    assert pseudo is not None
+    check_teacher(pseudo.teacher, cfg, train_df)
+    id_col, targets = cfg.data.id_column, cfg.data.target_columns
+    rows = load_test(cfg, pseudo.texts)
+    path = pseudo.teacher / "predictions" / pseudo.texts.name
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing: score the rows first: python src/predict.py {pseudo.teacher} --input {pseudo.texts}"
+        )
+    predicted = read_csv(path).set_index(id_col)
+    columns = [f"{t}_fold{k}" for k in range(cfg.cv.n_folds) for t in targets]
+    same_rows = predicted.index.astype(str).tolist() == rows[id_col].astype(str).tolist()
+    if not set(columns) <= set(predicted.columns) or not same_rows:
+        raise UserError(f"{path} does not hold every fold's prediction of every row of {pseudo.texts}; predict again")
+    if rows[id_col].astype(str).isin(train_df[id_col].astype(str)).any():
+        raise UserError(f"{pseudo.texts} holds training rows (ids of {cfg.data.train_file}): unlabeled rows only")
+    return PseudoLabels(
+        predicted[columns].reset_index(drop=True), model_inputs(rows, cfg.data, separator), targets, pseudo.weight
+    )
