@@ -255,10 +255,31 @@ def methods_list(text: str) -> list[str]:
     return methods
 
 
+def measure(config: str, overrides: list[str], method: str, steps: int, warmup_steps: int, eval_rows: int) -> dict:
+    """One method's run: `warmup_steps` of a throwaway model first, if any, then the measured `steps`."""
+    cfg = load_config(config, ["tracking.mode=disabled", *overrides])
+    torch.manual_seed(cfg.seed)
+    set_threads(cfg.train.threads)  # every method on the same threads
+    data = fold_data(cfg, eval_rows)
+    runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[method]
+    if warmup_steps:
+        runner(cfg, data, warmup_steps)
+    return runner(cfg, data, steps)
+
+
 def run_child(args: argparse.Namespace, method: str, variant: str = "") -> dict:
+    """`measure` in a fresh process, so that its peak memory is its own; with --in-process, in this one."""
+    overrides = [*args.overrides, *variant.split()]
+    if args.in_process:
+        from accelerate.state import AcceleratorState
+
+        # Accelerate keeps one state a process, of one precision; rows of other precisions reset it, as
+        # Accelerate's own tests do (a private call, safe at the pinned version).
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return measure(args.config, overrides, method, args.steps, args.warmup_steps, args.eval_rows)
     cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps)]
-    cmd += ["--eval-rows", str(args.eval_rows), "--method", method, *args.overrides, *variant.split()]
-    child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    cmd += ["--warmup-steps", str(args.warmup_steps), "--eval-rows", str(args.eval_rows), "--method", method]
+    child = subprocess.run([*cmd, *overrides], cwd=ROOT, capture_output=True, text=True)
     if child.returncode != 0:
         sys.exit(f"{method} failed:\n{child.stderr[-2000:]}")
     return json.loads(child.stdout.split("RESULT ", 1)[1])
@@ -273,7 +294,8 @@ def median_results(runs: list[dict]) -> dict:
 def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None:
     base = results.get("plain")
     print(
-        f"{args.steps} steps of batch {cfg.train.batch_size}, max_len {cfg.model.max_len}, {cfg.model.backbone}, "
+        f"{args.steps} steps (after {args.warmup_steps} of warm-up) of batch {cfg.train.batch_size}, "
+        f"max_len {cfg.model.max_len}, {cfg.model.backbone}, "
         f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs; "
         f"overrides: {' '.join(args.overrides) or 'none'}; peak MB: "
         + ("GPU memory allocated" if torch.cuda.is_available() else "resident memory of the process")
@@ -322,6 +344,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps each method trains")
     parser.add_argument("--eval-rows", type=int, default=256, help="validation rows each method predicts")
     parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="first train a throwaway model this many steps in the same process (CUDA context, kernels, cuDNN plans, "
+        "the allocator's pool): the speed of a later fold of a run, not of its first steps",
+    )
+    parser.add_argument(
         "--methods", type=methods_list, default=list(METHODS), help=f"comma-separated, of {','.join(METHODS)}"
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each method, interleaved; the median counts")
@@ -332,6 +361,12 @@ def main() -> None:
         "--random-backbone", choices=RANDOM_BACKBONES, help="this architecture, random weights, instead of the config's"
     )
     parser.add_argument("--tokenizer", help="a tokenizer folder for --random-backbone (default: the packaged MiniLM's)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="every row in this process, not each in a fresh one: seconds quicker a row, for smoke runs (peak memory "
+        "is then the highest so far, and process-wide switches such as train.cudnn_attention carry over)",
+    )
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
     args = parser.parse_args()
@@ -339,11 +374,8 @@ def main() -> None:
         args.overrides.append(f"model.backbone={random_backbone(args.random_backbone, args.tokenizer)}")
     cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
     if args.method:
-        torch.manual_seed(cfg.seed)
-        set_threads(cfg.train.threads)  # every method on the same threads
-        data = fold_data(cfg, args.eval_rows)
-        runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[args.method]
-        print("RESULT " + json.dumps(runner(cfg, data, args.steps)))
+        result = measure(args.config, args.overrides, args.method, args.steps, args.warmup_steps, args.eval_rows)
+        print("RESULT " + json.dumps(result))
         return
     rows = [(method, method, "") for method in args.methods]
     rows += [(f"pipeline {variant}", "pipeline", variant) for variant in args.variant]
