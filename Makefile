@@ -15,11 +15,10 @@ setup: venv data
 venv: $(VENV)/.installed
 
 # torch first and pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
-# --no-compile: Python compiles what it imports on first use, not the 17,000 files of every package up front.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 data:
