@@ -32,13 +32,14 @@ train: setup
 	$(BIN)/accelerate launch $(LAUNCH_ARGS) src/train.py --config $(CONFIG) $(ARGS)
 
 # The tests make their own data and models; the competition data is fetched when it can be, not required.
+# -n auto: one pytest worker per core (pytest-xdist); most tests wait on subprocesses of their own.
 test: venv
 	-@bash scripts/get_data.sh $(COMPETITION) input/$(COMPETITION)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n auto $(ARGS)
 
 # Everything but the tests marked slow (subprocesses, several processes, notebooks, compile): a few minutes.
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n auto -m "not slow" $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
