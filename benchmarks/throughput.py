@@ -183,7 +183,7 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
 
 def run_pipeline(cfg, data: dict, steps: int) -> dict:
     t = cfg.train.model_copy(update={"max_steps": steps, "eval_every": 10**9})
-    accelerator = make_accelerator(t)
+    accelerator = make_accelerator(t.mixed_precision, t.grad_accum)
     ids = data["ids"]
     collate = Collator(data["tokenizer"].pad_token_id, t.pad_to_multiple_of)
     train_set = TextDataset(ids, data["train"], data["targets"])

@@ -119,6 +119,15 @@ def load(accelerator: Accelerator, folder: Path, fingerprint: dict, progress_typ
     return progress_type.from_saved(saved)
 
 
+def resume(accelerator: Accelerator, folder: Path | None, fingerprint: dict, progress_type: type = FoldProgress):
+    """The loop's progress at the last whole checkpoint in `folder`, the states restored, and that checkpoint's
+    path; a fresh `progress_type` and None when there is none. The summed loss is on the accelerator's device."""
+    found = complete(folder) if folder is not None else []
+    progress = load(accelerator, found[-1], fingerprint, progress_type) if found else progress_type()
+    progress.loss_sum = progress.loss_sum.to(accelerator.device)
+    return progress, found[-1] if found else None
+
+
 def remove_all(fold_dir: Path) -> None:
     """Once the fold's files are written, its checkpoints (whole or not) are of no use."""
     for folder in fold_dir.glob("checkpoint-*"):

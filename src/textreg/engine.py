@@ -49,7 +49,7 @@ class TransformerMember:
         self.backbone_path, self.backbone_config = load_backbone_config(cfg.model)
         self.tokenizer = load_tokenizer(self.backbone_path)
         self.separator = separator(self.tokenizer)
-        self.accelerator = make_accelerator(cfg.train)
+        self.accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum)
         self.threads = set_threads(cfg.train.threads)
         self.is_main_process = self.accelerator.is_main_process
         self.print = self.accelerator.print
@@ -144,13 +144,14 @@ class TransformerMember:
         return model
 
 
-def make_accelerator(train: TrainConfig) -> Accelerator:
-    """One per process. On a GPU, batches come from pinned memory and are copied without waiting."""
+def make_accelerator(mixed_precision: str, grad_accum: int = 1) -> Accelerator:
+    """One per process (`mixed_precision` as the config's: `auto` or a precision). On a GPU, batches come from
+    pinned memory and are copied without waiting."""
     return Accelerator(
         # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
         cpu=not torch.cuda.is_available(),
-        mixed_precision=choose_mixed_precision(train.mixed_precision),
-        gradient_accumulation_steps=train.grad_accum,
+        mixed_precision=choose_mixed_precision(mixed_precision),
+        gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
     )
 
@@ -353,17 +354,13 @@ def resume(
     accelerator: Accelerator, fold: int, fold_dir: Path | None, plan: dict, on_validation: Listener
 ) -> checkpoints.FoldProgress:
     """The progress of the fold's last whole checkpoint, its states restored; a fresh start when there is none."""
-    found = checkpoints.complete(fold_dir) if fold_dir else []
-    if not found:
-        progress = checkpoints.FoldProgress()
-    else:
-        tick = time.perf_counter()
-        progress = checkpoints.load(accelerator, found[-1], plan)
+    tick = time.perf_counter()
+    progress, found = checkpoints.resume(accelerator, fold_dir, plan)
+    if found is not None:
         accelerator.print(
-            f"fold {fold}: resuming from {found[-1]} (step {progress.step} of {plan['steps']}), "
+            f"fold {fold}: resuming from {found} (step {progress.step} of {plan['steps']}), "
             f"read in {time.perf_counter() - tick:.1f} s"
         )
         for event in progress.history:
             on_validation(event)  # the fold's new W&B run shows the whole curve
-    progress.loss_sum = progress.loss_sum.to(accelerator.device)
     return progress

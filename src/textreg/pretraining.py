@@ -30,10 +30,10 @@ from textreg import checkpoints
 from textreg.batching import Collator, TextDataset, separator, tokenize, train_loader
 from textreg.config import DropoutConfig, ModelConfig, PretrainConfig, PretrainSection
 from textreg.data import competition_texts, read_csv
-from textreg.engine import NO_DECAY
+from textreg.engine import NO_DECAY, make_accelerator
 from textreg.errors import UserError
 from textreg.files import write_folder_once, write_json
-from textreg.hardware import choose_mixed_precision, set_threads
+from textreg.hardware import set_threads
 from textreg.model import load_backbone_config, load_tokenizer
 from textreg.tracking import Tracker
 
@@ -176,11 +176,7 @@ def run_pretraining(cfg: PretrainConfig) -> Path:
     if output.is_dir():
         print(f"{output} is complete already: nothing to do (delete it to pretrain again)")
         return output
-    accelerator = Accelerator(
-        # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=choose_mixed_precision(p.mixed_precision),
-    )
+    accelerator = make_accelerator(p.mixed_precision)
     threads = set_threads(p.threads)
     # The backbone's own dropout stays on: it is part of masked-LM training. The model spec goes through
     # load_backbone_config for its checks and messages (a missing folder, a package not installed).
@@ -251,7 +247,9 @@ def train(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     train_dl = accelerator.prepare_data_loader(loader, device_placement=False)  # masked on the CPU, then moved
     plan = {"steps": total_steps, "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes}
-    progress = resume(accelerator, checkpoint_dir(p.output), plan)
+    progress, found = checkpoints.resume(accelerator, checkpoint_dir(p.output), plan, PretrainProgress)
+    if found is not None:
+        accelerator.print(f"resuming from {found} (step {progress.step} of {plan['steps']})")
     schedule = checkpoints.Schedule(p.checkpoint_every, progress.step, accelerator.num_processes)
     tracker = Tracker(cfg, accelerator.is_main_process)
     bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain", disable=not accelerator.is_local_main_process)
@@ -308,15 +306,3 @@ def tracked(event: dict) -> dict:
     if event["valid_loss"] is not None:
         values["val/mlm_loss"] = event["valid_loss"]
     return values
-
-
-def resume(accelerator: Accelerator, folder: Path, plan: dict) -> PretrainProgress:
-    """The progress of the last whole checkpoint, the training state restored; a fresh start when there is none."""
-    found = checkpoints.complete(folder) if folder.is_dir() else []
-    if not found:
-        progress = PretrainProgress()
-    else:
-        progress = checkpoints.load(accelerator, found[-1], plan, PretrainProgress)
-        accelerator.print(f"resuming from {found[-1]} (step {progress.step} of {plan['steps']})")
-    progress.loss_sum = progress.loss_sum.to(accelerator.device)
-    return progress

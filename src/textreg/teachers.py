@@ -43,10 +43,10 @@ def load_teacher(cfg: Config, train_df: pd.DataFrame, folds: list[int]) -> Teach
     assert distill is not None
     run_dir, id_col, targets = distill.teacher, cfg.data.id_column, cfg.data.target_columns
     student_folds = check_teacher(run_dir, cfg, train_df)
-    fitted = {}
+    fitted, finished = {}, artifacts.finished_folds(run_dir)
     for fold in folds:
         path = run_dir / f"fold{fold}" / "fitted.csv"
-        if fold not in artifacts.finished_folds(run_dir):
+        if fold not in finished:
             raise UserError(f"{run_dir}: fold {fold} is not finished; train it first (folds=[{fold}])")
         if not path.is_file():
             raise UserError(f"{path} is missing: train the teacher with train.save_fitted=true")
