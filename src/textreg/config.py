@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from textreg.errors import UserError
 from textreg.files import write_text
@@ -28,6 +28,11 @@ def is_run_key(key: str) -> bool:
 
 
 MINUTES = re.compile(r"(\d+(?:\.\d+)?)min")
+
+# `auto`, or a precision. YAML reads an unquoted `no` as false.
+Precision = Annotated[
+    Literal["auto", "no", "fp16", "bf16"], BeforeValidator(lambda value: "no" if value is False else value)
+]
 
 
 class _Section(BaseModel):
@@ -158,7 +163,7 @@ class TrainConfig(_Section):
         lt=1,
         description="share of the training steps before the first validation (no measured run was best earlier)",
     )
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    mixed_precision: Precision = "auto"
     length_bucketing: bool = Field(default=True, description="batches of similar lengths: less padding")
     pad_to_multiple_of: int | None = Field(
         default=None,
@@ -166,11 +171,6 @@ class TrainConfig(_Section):
         description="round each batch's padded length up to this multiple; null: 64 on a GPU (fewer shapes, measured "
         "faster), 1 on a CPU",
     )
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no_is_false(cls, value: object) -> object:
-        return "no" if value is False else value  # YAML reads an unquoted `no` as false
 
     fused_optimizer: bool = Field(default=True, description="fused AdamW kernel; false: foreach")
     checkpoint_every: int | str | None = Field(
@@ -279,16 +279,11 @@ class PretrainSection(_Section):
         default=0.05, ge=0, lt=1, description="texts held out (fixed by seed) for a masked-LM loss each epoch"
     )
     seed: int = 42
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    mixed_precision: Precision = "auto"
     threads: int | None = Field(default=None, ge=1, description="torch threads per process; null: see train.threads")
     checkpoint_every: int | None = Field(
         default=500, ge=1, description="save the training state every N optimizer steps; a rerun resumes; null: never"
     )
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no_is_false(cls, value: object) -> object:
-        return "no" if value is False else value
 
 
 class PretrainConfig(_Section):
@@ -391,11 +386,16 @@ def _format_errors(err: ValidationError, root: type[BaseModel] = Config) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def validate(raw: dict) -> Config:
+def _validated(raw: dict, schema: type[BaseModel]) -> Any:
+    """`raw` as a `schema`; every error named by its key, in one UserError."""
     try:
-        return Config.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_errors(err)) from None
+        raise UserError(_format_errors(err, schema)) from None
+
+
+def validate(raw: dict) -> Config:
+    return _validated(raw, Config)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -403,10 +403,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
-    try:
-        return PretrainConfig.model_validate(apply_overrides(compose(Path(path)), overrides or []))
-    except ValidationError as err:
-        raise UserError(_format_errors(err, PretrainConfig)) from None
+    return _validated(apply_overrides(compose(Path(path)), overrides or []), PretrainConfig)
 
 
 def dump(cfg: Config) -> str:
