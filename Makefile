@@ -14,7 +14,8 @@ setup: venv data
 
 venv: $(VENV)/.installed
 
-# torch first and pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+# torch first and pinned, so that no other package pulls in another torch version; a torch 2.13.0 build already
+# installed (CPU-only, or for your CUDA: README.md) is kept.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0

@@ -10,9 +10,19 @@
 #
 # Needs the data (make data) and the MPNet backbone (make backbone NAME=mpnet-base). MINILM: a MiniLM folder, for a
 # machine without the MiniLM package (model.backbone of the MiniLM rows and of the pretraining); OVERRIDES: config
-# overrides for every training run (for example train.threads=2); SEEDS: seeds of the default and EMA rows; FOLDS:
-# the teacher's folds; PRETRAIN_OVERRIDES: overrides of the pretraining. Each run's log is in outputs/accuracy-logs/.
-#   FOLDS="0 1" SEEDS=42 OVERRIDES="data.subset=96 cv.n_folds=2 train.max_steps=2 model.max_len=32" \
+# overrides for every training run (for example train.threads=2, as the H200 runs of docs/results.md had); SEEDS:
+# seeds of the default and EMA rows; FOLDS: the teacher's folds; PRETRAIN_OVERRIDES: overrides of the pretraining.
+# Each run's log is in outputs/accuracy-logs/.
+#
+# The runs keep their real experiment names (outputs/mpnet-base, outputs/minilm-default, ...), and OVERRIDES are
+# part of each run's config (train.threads too; only the run keys of src/textreg/config.py's RUN_KEYS, such as
+# tracking.mode, are not): a folder already trained with other overrides is refused, and one finished with the same
+# is kept. A smoke run would leave its tiny runs and its pretrained backbone (input/backbones/minilm-commonlit-mlm)
+# under those names, so make it in a scratch clone, with the data and the MPNet folder copied in:
+#   git clone . /tmp/acc-smoke && mkdir -p /tmp/acc-smoke/input/backbones && cp -r input/commonlitreadabilityprize \
+#     /tmp/acc-smoke/input/ && cp -r input/backbones/all-mpnet-base-v2 /tmp/acc-smoke/input/backbones/ && \
+#   cd /tmp/acc-smoke && PYTHON=$OLDPWD/.venv/bin/python FOLDS="0 1" SEEDS=42 \
+#     OVERRIDES="data.subset=96 cv.n_folds=2 train.max_steps=2 model.max_len=32" \
 #     PRETRAIN_OVERRIDES="pretrain.epochs=1 pretrain.max_len=32" bash benchmarks/accuracy.sh    # a smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from textreg import artifacts
 from textreg.batching import Collator, separator, tokenize
 from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
-from textreg.errors import run_reporting_user_errors
+from textreg.errors import UserError, run_reporting_user_errors
 from textreg.files import atomic_write
 from textreg.model import build_model, load_backbone_config, load_tokenizer
 
@@ -50,8 +51,10 @@ def plot(result: dict, path: Path, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.run:
-        cfg = artifacts.load_run_config(args.run)
+    if args.run:  # the fold's checkpoint, built from the run's own backbone/ folder: offline, like inference
+        cfg = artifacts.open_run(args.run)
+        artifacts.check_fold_dir(args.run / f"fold{args.fold}")
+        path, config = args.run / "backbone", AutoConfig.from_pretrained(args.run / "backbone")
     else:
         cfg = load_config(args.config, args.overrides)
         if cfg.model.dropout.disable:  # the point is to look at dropout: keep the checkpoint's own
@@ -62,13 +65,16 @@ def run(args: argparse.Namespace) -> None:
                     )
                 }
             )
-    path, config = load_backbone_config(cfg.model)
-    tokenizer = load_tokenizer(path)
+        path, config = load_backbone_config(cfg.model)
+    tokenizer = load_tokenizer(str(path))
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(cfg.data.target_columns), path, config)
+    model = build_model(cfg.model, len(cfg.data.target_columns), None if args.run else path, config)
     if args.run:
         model.load_state_dict(load_file(args.run / f"fold{args.fold}" / "model.safetensors"))
-    df = load_train(cfg).sample(n=args.texts, random_state=cfg.seed)
+    df = load_train(cfg)
+    if not 0 < args.texts <= len(df):
+        raise UserError(f"--texts {args.texts}: between 1 and the {len(df)} training rows")
+    df = df.sample(n=args.texts, random_state=cfg.seed)
     ids = tokenize(tokenizer, model_inputs(df, cfg.data, separator(tokenizer)), cfg.model.max_len)
     batch = Collator(tokenizer.pad_token_id)([{"input_ids": i, "row": n} for n, i in enumerate(ids)])
     result = dropout_effect(model, {k: batch[k] for k in ("input_ids", "attention_mask")}, args.passes)

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+import yaml
+from conftest import train_in_process
 
 import dropout_diagnostic
 from textreg.config import DropoutConfig, ModelConfig
@@ -35,3 +37,18 @@ def test_the_command_prints_and_plots(make_config, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "spread" in out and "mean shift (train - eval)" in out
     assert plot.stat().st_size > 10_000
+
+
+def test_a_fine_tuned_fold_is_diagnosed_from_its_run_folder_alone(make_config, tmp_path, capsys):
+    train_in_process(make_config(model__dropout={"disable": False}), "folds=[0]")
+    run = tmp_path / "outputs" / "tiny"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["model"]["backbone"] = str(tmp_path / "moved-away")  # the backbone it started from is gone
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    args = ["--run", str(run), "--texts", "4", "--passes", "3", "--plot", str(tmp_path / "diag.png")]
+    assert dropout_diagnostic.main(args) == 0
+    assert "mean shift (train - eval)" in capsys.readouterr().out
+    assert dropout_diagnostic.main([*args, "--fold", "1"]) == 2  # not trained
+    assert "fold1" in capsys.readouterr().err
+    assert dropout_diagnostic.main([*args[:2], "--texts", "100000"]) == 2
+    assert "--texts 100000: between 1 and the" in capsys.readouterr().err

@@ -1,9 +1,11 @@
 """Ensembles: methods recover known weights, nested CV ranks them, members are checked, saved weights reproduce."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import blend_oof
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,6 +141,16 @@ def test_members_trained_on_other_folds_are_refused(make_config, tmp_path, capsy
     assert not (outputs / "ensembles").exists()
 
 
+def test_members_of_one_folder_name_are_refused(make_config, tmp_path, capsys):
+    train_in_process(make_config(), "model.kind=tfidf_ridge")
+    outputs = tmp_path / "outputs"
+    shutil.copytree(outputs / "tiny", tmp_path / "elsewhere" / "tiny")  # the same name in another folder
+    for twice in ([outputs / "tiny", outputs / "tiny"], [outputs / "tiny", tmp_path / "elsewhere" / "tiny"]):
+        assert ensemble_cli.main([*map(str, twice), "--outputs", str(outputs)]) == 2
+        assert "distinct folder names: ['tiny'] given more than once" in capsys.readouterr().err
+    assert not (outputs / "ensembles").exists()
+
+
 @pytest.mark.parametrize(
     ("key", "value"), [("competition", "another-competition"), ("target_columns", ["another_target"])]
 )
@@ -231,3 +243,20 @@ def test_an_ensemble_stopped_midway_leaves_whole_files_and_a_rerun_finishes_it(m
     monkeypatch.setattr(blending, "write_csv", real_write)
     assert ensemble_cli.main(args) == 0
     assert {p: p.read_bytes() for p in written} == written  # the rerun makes the same files
+
+
+def test_blends_scored_from_oof_files_alone_match_the_ensemble(make_config, tmp_path, capsys):
+    """benchmarks/blend_oof.py: runs whose fold weights are elsewhere get the nested CV src/ensemble.py gives."""
+    config = make_config()
+    for name in ("a", "b"):
+        train_in_process(config, f"experiment={name}", "model.kind=tfidf_ridge", f"model.ridge_alpha={len(name)}")
+    outputs = tmp_path / "outputs"
+    assert ensemble_cli.main([str(outputs / "a"), str(outputs / "b"), "--outputs", str(outputs)]) == 0
+    nested = json.loads((outputs / "ensembles" / "a+b" / "weights.json").read_text())["nested_cv"]
+    capsys.readouterr()
+    for weights in outputs.glob("[ab]/fold*/model.*"):
+        weights.unlink()
+    assert blend_oof.main([str(outputs / "a"), str(outputs / "b")]) == 0
+    printed = capsys.readouterr().out
+    for method, value in nested.items():
+        assert re.search(rf"^{method} +nested CV {value:.4f}", printed, re.MULTILINE), printed

@@ -3,6 +3,7 @@
 import os
 import stat
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -73,3 +74,32 @@ def test_a_folder_is_written_once_and_whole(tmp_path):
     files.write_folder_once(tmp_path / "backbone", lambda tmp: (tmp / "config.json").write_text("2"))
     assert (tmp_path / "backbone" / "config.json").read_text() == "1"  # a whole folder is kept as it is
     assert [p.name for p in tmp_path.iterdir()] == ["backbone"]
+
+
+def test_a_folder_another_process_writes_first_is_kept(tmp_path):
+    def racing(tmp):  # another launch of the same run renames its whole copy into place while this one writes
+        (tmp / "config.json").write_text("mine")
+        (tmp_path / "backbone").mkdir()
+        (tmp_path / "backbone" / "config.json").write_text("theirs")
+
+    files.write_folder_once(tmp_path / "backbone", racing)
+    assert (tmp_path / "backbone" / "config.json").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["backbone"]  # this launch's temporary copy is gone
+
+
+def test_a_folder_lock_lets_one_holder_in_at_a_time(tmp_path):
+    events, holding = [], threading.Event()
+
+    def first() -> None:
+        with files.folder_lock(tmp_path):
+            holding.set()
+            time.sleep(0.3)
+            events.append("first leaves")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert holding.wait(timeout=10)
+    with files.folder_lock(tmp_path):  # a lock of its own open file: it waits as another process would
+        events.append("second enters")
+    thread.join()
+    assert events == ["first leaves", "second enters"]

@@ -3,13 +3,14 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import train_in_process
 
-from textreg import hardware
+from textreg import engine, hardware
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,3 +88,12 @@ def test_cudnn_attention_switches_the_process_wide_flag_and_null_leaves_it(allow
         assert torch.backends.cuda.cudnn_sdp_enabled() is allowed
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_training_time_is_read_once_the_gpu_has_done_the_queued_work(monkeypatch):
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    tick = time.perf_counter()
+    assert engine.elapsed_since(tick, torch.device("cpu")) >= 0 and synced == []  # a CPU runs in step
+    assert engine.elapsed_since(tick, torch.device("cuda", 0)) >= 0
+    assert synced == [torch.device("cuda", 0)]

@@ -53,3 +53,11 @@ def test_step_arithmetic_is_the_same_on_one_process_and_two_with_accumulation(ma
         assert "4 optimizer steps an epoch, 4 in all, validation every 2 steps from step 2" in result.stdout
         fold = json.loads((tmp_path / "outputs" / name / "fold0" / "metrics.json").read_text())
         assert [(event["step"], event["epoch"]) for event in fold["history"]] == [(2, 0.5), (4, 1.0)], name
+    # Batches of 5: 5 batches, 3 on each process (the second starts the epoch again), which steps after its second
+    # and its last: 2 steps a process, 4 in all, and the epoch ends at step 4, not cut short at 3.
+    cmd = [*LAUNCHERS["torchrun"], "src/train.py", "--config", str(config), "experiment=uneven", "folds=[0]"]
+    result = subprocess.run([*cmd, "train.batch_size=5"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 optimizer steps an epoch, 4 in all, validation every 2 steps from step 2" in result.stdout
+    fold = json.loads((tmp_path / "outputs" / "uneven" / "fold0" / "metrics.json").read_text())
+    assert [(event["step"], event["epoch"]) for event in fold["history"]] == [(2, 0.5), (4, 1.0)]

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from conftest import train_in_process
 import merge
 import predict
 import train
+from textreg import artifacts
+from textreg.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,3 +263,19 @@ def test_runs_started_at_once_on_a_fresh_outputs_folder_share_one_whole_folds_fi
     for name in names:
         assert pd.read_csv(outputs / name / "folds.csv").equals(shared)
     assert not list(outputs.rglob("*.tmp*"))
+
+
+def test_launches_into_one_run_folder_at_once_each_keep_their_record(tmp_path):
+    cfg = load_config(REPO / "configs" / "debug.yaml", [f"output_dir={tmp_path}"])
+
+    def launches(worker: int) -> None:
+        for n in range(20):
+            artifacts.prepare_run_dir(cfg, {"worker": worker, "n": n})
+
+    threads = [threading.Thread(target=launches, args=(worker,)) for worker in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = json.loads((cfg.run_dir / "run.json").read_text())["launches"]
+    assert sorted((r["worker"], r["n"]) for r in records) == [(w, n) for w in range(6) for n in range(20)]

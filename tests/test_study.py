@@ -36,7 +36,7 @@ def write_study(path: Path, settings: list[dict], baseline: str = "base", seeds:
     return path
 
 
-def fake_run(run_dir: Path, curves: list[list[float]], n_folds: int | None = None) -> None:
+def fake_run(run_dir: Path, curves: list[list[float]], n_folds: int | None = None, metric: str = "rmse") -> None:
     """A run folder whose folds' validation curves are `curves` (best = lowest, as RMSE); `n_folds` beyond the
     curves leaves the rest unfinished."""
     cfg = load_config(REPO / "configs" / "debug.yaml", [f"cv.n_folds={n_folds or len(curves)}"])
@@ -57,6 +57,7 @@ def fake_run(run_dir: Path, curves: list[list[float]], n_folds: int | None = Non
         (run_dir / name).write_text("id\n")
     done = list(range(len(curves)))
     summary = {
+        "metric": metric,
         "cv_score": sum(min(c) for c in curves) / len(curves),
         "folds": folds,
         "folds_done": done,
@@ -190,8 +191,8 @@ def test_a_search_file_is_read_and_checked(tmp_path):
 
 
 def test_search_trials_are_tabled_best_first_with_where_pruned_ones_stopped(tmp_path):
-    fake_run(tmp_path / "lr-trial1", [[0.6, 0.5], [0.6, 0.4]])  # CV 0.45
-    fake_run(tmp_path / "lr-trial2", [[0.5, 0.4], [0.5, 0.4]])  # CV 0.4
+    fake_run(tmp_path / "lr-trial1", [[0.6, 0.5], [0.6, 0.4]], metric="mae")  # CV 0.45
+    fake_run(tmp_path / "lr-trial2", [[0.5, 0.4], [0.5, 0.4]], metric="mae")  # CV 0.4
     trials = [
         {"number": n, "run": f"lr-trial{n}", "state": state, "params": {"train.lr": lr}, "fold_scores": folds}
         for n, state, lr, folds in [
@@ -212,6 +213,7 @@ def test_search_trials_are_tabled_best_first_with_where_pruned_ones_stopped(tmp_
     file = tmp_path / "lr.yaml"
     file.write_text(yaml.safe_dump({"search": {"trials": 4, "params": {"train.lr": {"low": 1.0e-5, "high": 1.0e-2}}}}))
     table = search_markdown(load_study(file), rows)
+    assert table.startswith("| lr trial | train.lr | CV MAE | fold scores | state |")  # the runs' own metric
     assert "| lr-trial0 | 0.001 |  | 0.9000 | pruned at fold 0 |" in table
     assert table.endswith("best: lr-trial2 (0.4000): train.lr=5e-05")
 

@@ -216,3 +216,11 @@ def test_an_unknown_config_key_is_a_clear_error(make_config, tmp_path, capsys):
 def test_merge_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert merge.main([str(tmp_path)]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_a_diverged_fold_stops_at_its_first_nan_validation_with_a_reason(make_config, tmp_path, capsys):
+    config = make_config(train__lr=1e30, train__eval_every=2, train__eval_start=0.0)
+    assert train.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "error: fold 0: validation rmse is NaN at step 2: training diverged" in err, err
+    assert not list((tmp_path / "outputs" / "tiny").glob("fold*/metrics.json"))  # no fold counts as finished

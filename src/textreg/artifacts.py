@@ -36,7 +36,7 @@ from textreg import plots
 from textreg.config import Config, changed_keys, is_run_key, save_config, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
-from textreg.files import atomic_write, write_csv, write_json
+from textreg.files import atomic_write, folder_lock, write_csv, write_json
 from textreg.metrics import per_target, score
 from textreg.records import FoldResult, read_history
 from textreg.submission import make_submission
@@ -90,8 +90,9 @@ def prepare_run_dir(cfg: Config, environment: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     path = run_dir / "run.json"
-    launches = json.loads(path.read_text())["launches"] if path.is_file() else []
-    write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
+    with folder_lock(run_dir):  # launches into one folder at once: each adds its entry to the others'
+        launches = json.loads(path.read_text())["launches"] if path.is_file() else []
+        write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
 
 
 def describe_environment(folds: list[int], launch: dict) -> dict:
@@ -228,7 +229,13 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def finalize(run_dir: Path) -> dict:
-    """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there."""
+    """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there. One
+    launch at a time: a launch that saw fewer folds never writes its merge over a later one's."""
+    with folder_lock(run_dir):
+        return _merge(run_dir)
+
+
+def _merge(run_dir: Path) -> dict:
     cfg = open_run(run_dir)
     id_col, targets = cfg.data.id_column, cfg.data.target_columns
     done = finished_folds(run_dir)

@@ -91,6 +91,10 @@ def load_members(run_dirs: list[Path]) -> list[Member]:
     """Finished experiments trained on the same folds, with the same ids and targets."""
     if len(run_dirs) < 2:
         raise UserError("an ensemble needs at least two experiment folders")
+    names = [run_dir.name for run_dir in run_dirs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # members are keyed by folder name in weights.json
+        raise UserError(f"an ensemble's members need distinct folder names: {twice} given more than once")
     members = []
     for run_dir in run_dirs:
         cfg = artifacts.require_finished(run_dir)

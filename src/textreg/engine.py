@@ -23,6 +23,7 @@ from textreg import checkpoints
 from textreg.averaging import WeightAverage
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
 from textreg.config import Config, TrainConfig
+from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_cudnn_attention, set_threads
 from textreg.metrics import per_target, score
@@ -156,6 +157,20 @@ def make_accelerator(mixed_precision: str, grad_accum: int = 1) -> Accelerator:
     )
 
 
+def elapsed_since(tick: float, device: torch.device) -> float:
+    """Seconds since `tick` once the device has done the work queued so far: a GPU runs behind the Python loop."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # sync: at validations, checkpoints and epoch ends, never every step
+    return time.perf_counter() - tick
+
+
+def epoch_steps(n_batches: int, processes: int, grad_accum: int = 1) -> int:
+    """Optimizer steps in an epoch of `n_batches`, counted over all processes together. Each process gets
+    ceil(n_batches / processes) of them (Accelerate's even batches: a short share starts the epoch again) and
+    steps every `grad_accum` batches and at its last one."""
+    return processes * math.ceil(math.ceil(n_batches / processes) / grad_accum)
+
+
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and norms. The head may have its own learning rate; with
     layer-wise decay, each backbone layer learns `layerwise_lr_decay` times slower than the one above it."""
@@ -234,7 +249,7 @@ def train_fold(
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
     # The step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps count
     # over all processes together, so eval_every and max_steps mean the same number of samples on any count.
-    steps_per_epoch = math.ceil(len(loaders["train"]) / train.grad_accum)
+    steps_per_epoch = epoch_steps(len(loaders["train"]), accelerator.num_processes, train.grad_accum)
     total_steps = steps_per_epoch * train.epochs
     if train.max_steps:
         total_steps = min(total_steps, train.max_steps)
@@ -269,6 +284,11 @@ def train_fold(
         with average.applied() if average else nullcontext():  # validated, and kept, with the average's weights
             pred = predict(accelerator, model, valid_dl, len(targets))[valid_rows]
             val_score = score(metric, valid_targets, pred)
+            if math.isnan(val_score):  # diverged weights stay NaN: stop now, with a reason, not at the end
+                raise UserError(
+                    f"fold {fold}: validation {metric} is NaN at step {p.step}: training diverged; "
+                    "lower train.lr, or try train.mixed_precision=no"
+                )
             if val_score < p.best_score:
                 state = accelerator.unwrap_model(model).state_dict()
                 p.best_score, p.best_step, p.best_pred = val_score, p.step, pred
@@ -316,20 +336,20 @@ def train_fold(
             bar.update(accelerator.num_processes)
             due = p.step % train.eval_every < accelerator.num_processes and p.step >= first_eval
             if due or p.step >= total_steps:
-                p.train_seconds += time.perf_counter() - tick
+                p.train_seconds += elapsed_since(tick, accelerator.device)
                 validate()
                 tick = time.perf_counter()
             if p.step >= total_steps:
                 break
             if schedule.due(p.step):
-                p.train_seconds += time.perf_counter() - tick
+                p.train_seconds += elapsed_since(tick, accelerator.device)
                 p.weight_average = average.state() if average else None
                 seconds = checkpoints.save(accelerator, fold_dir, p, plan)
                 accelerator.print(f"fold {fold}: checkpoint at step {p.step} saved in {seconds:.1f} s")
                 tick = time.perf_counter()
         else:  # the epoch ran to its end
             p.epoch, p.batches_in_epoch = p.epoch + 1, 0
-        p.train_seconds += time.perf_counter() - tick
+        p.train_seconds += elapsed_since(tick, accelerator.device)
     bar.close()
 
     accelerator.unwrap_model(model).load_state_dict(p.best_state)

@@ -3,11 +3,13 @@ atomic rename. A crash, a full disk or a second process writing the same file ne
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +41,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def write_folder_once(path: Path, write: Callable[[Path], object]) -> None:
     """A folder written whole or not at all, once: `write(tmp)` fills a temporary folder beside it, which is then
-    renamed to `path`. An existing `path` is complete (only whole folders are renamed into place) and kept."""
+    renamed to `path`. An existing `path` is complete (only whole folders are renamed into place) and kept, also
+    when another process writes the same folder at the same time (launches of several folds of one run)."""
     path = Path(path)
     if path.is_dir():
         return
@@ -48,10 +51,25 @@ def write_folder_once(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another process renamed its whole copy into place first: keep that one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One process at a time inside the block, for a read-modify-write of a folder's shared files (launches of
+    several folds into one run folder). An advisory lock on `<folder>/.lock`, released when the process dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits for the process holding it
+        yield
 
 
 def write_text(text: str, path: Path) -> None:

@@ -30,7 +30,7 @@ from textreg import checkpoints
 from textreg.batching import Collator, TextDataset, separator, tokenize, train_loader
 from textreg.config import DropoutConfig, ModelConfig, PretrainConfig, PretrainSection
 from textreg.data import competition_texts, read_csv
-from textreg.engine import NO_DECAY, make_accelerator
+from textreg.engine import NO_DECAY, epoch_steps, make_accelerator
 from textreg.errors import UserError
 from textreg.files import write_folder_once, write_json
 from textreg.hardware import set_threads
@@ -234,7 +234,7 @@ def train(
     p = cfg.pretrain
     # The step arithmetic, as in fine-tuning (textreg.engine): an optimizer step is one batch on every process, and
     # steps count over all processes together (Accelerate steps a prepared scheduler once per process).
-    steps_per_epoch = len(loader)
+    steps_per_epoch = epoch_steps(len(loader), accelerator.num_processes)
     total_steps = steps_per_epoch * p.epochs
     warmup = int(p.warmup_ratio * total_steps)
     accelerator.print(

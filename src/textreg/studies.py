@@ -177,6 +177,7 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
         final_minus_best, late_wobble = curve_stability([h for d, m in finished.items() for h in fold_histories(d, m)])
         rows[setting] = {
             "setting": setting,
+            "metric": metrics[0]["metric"],
             "seeds": len(metrics),
             "cv": float(np.mean([m["cv_score"] for m in metrics])),
             "cv_seed_std": float(np.std([m["cv_score"] for m in metrics])),
@@ -196,9 +197,15 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
     return list(rows.values())
 
 
+def cv_label(rows: list[dict]) -> str:
+    """The CV column's title: the competition's metric, as the finished runs recorded it."""
+    metric = next((row["metric"] for row in rows if row.get("metric")), None)
+    return f"CV {metric.upper()}" if metric else "CV"
+
+
 def markdown(study: Study, rows: list[dict]) -> str:
     lines = [
-        f"| {study.name} setting | seeds | CV RMSE | fold std | vs {study.baseline} | folds better "
+        f"| {study.name} setting | seeds | {cv_label(rows)} | fold std | vs {study.baseline} | folds better "
         "| final - best | late wobble | best steps | train s / run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -226,16 +233,23 @@ def search_rows(trials: list[dict], run_dirs: dict[str, Path]) -> list[dict]:
     rows = []
     for trial in (t for t in trials if not t["skipped"] and t["state"] != "WAITING"):
         run_dir = run_dirs[trial["run"]]
-        cv = json.loads((run_dir / "metrics.json").read_text())["cv_score"] if is_finished(run_dir) else None
+        metrics = json.loads((run_dir / "metrics.json").read_text()) if is_finished(run_dir) else {}
         folds = trial["fold_scores"]
-        rows.append({**trial, "cv": cv, "last_fold": max(folds, default=None)})
+        rows.append(
+            {
+                **trial,
+                "cv": metrics.get("cv_score"),
+                "metric": metrics.get("metric"),
+                "last_fold": max(folds, default=None),
+            }
+        )
     return sorted(rows, key=lambda r: (r["cv"] is None, r["cv"] or 0, r["state"], r["number"]))
 
 
 def search_markdown(study: Study, rows: list[dict]) -> str:
     keys = [param.key for param in study.search.params]
     lines = [
-        f"| {study.name} trial | {' | '.join(keys)} | CV RMSE | fold scores | state |",
+        f"| {study.name} trial | {' | '.join(keys)} | {cv_label(rows)} | fold scores | state |",
         "| --- |" + " --- |" * (len(keys) + 3),
     ]
     for r in rows:
