@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ensemble import print_report  # noqa: E402
 from textreg import artifacts, blending  # noqa: E402
 from textreg.data import read_csv  # noqa: E402
 from textreg.errors import UserError, run_reporting_user_errors  # noqa: E402
@@ -37,14 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         for other in members[1:]:
             if not other.oof.index.equals(first.oof.index) or (other.oof["fold"] != first.oof["fold"]).any():
                 raise UserError(f"{other.name} and {first.name}: other ids or folds")
-        report = blending.fit(members)
-        for name, value in report["members"].items():
-            print(f"{name:<32} CV {value:.4f}")
-        for method, value in sorted(report["nested_cv"].items(), key=lambda kv: kv[1]):
-            print(f"{method:<32} nested CV {value:.4f}{'  <- best' if method == report['method'] else ''}")
-        for target, blend in report["blends"].items():
-            weights = ", ".join(f"{m} {w:.3f}" for m, w in blend["weights"].items())
-            print(f"{target}: {weights}; intercept {blend['intercept']:.4f}")
+        print_report(blending.fit(members))
 
     return run_reporting_user_errors(run)
 

@@ -25,6 +25,15 @@ def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir:
         sources, name = [Path(p) for p in spec["members"]], name or spec.get("name")
     name = name or blending.default_name(sources)
     report = blending.build(sources, name, output_dir, submission_dir)
+    print_report(report)
+    print(
+        f"\nweights: {output_dir / 'ensembles' / name / 'weights.json'}; "
+        f"submission: {submission_dir / (name + '.csv')} and {submission_dir / 'submission.csv'}"
+    )
+
+
+def print_report(report: dict) -> None:
+    """Each member's CV, each method's nested CV (the kept one marked), the kept blend's weights."""
     metric = report["metric"]
     print(f"{'member':<40} CV {metric}")
     for member, value in report["members"].items():
@@ -35,10 +44,6 @@ def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir:
     for target, blend in report["blends"].items():
         weights = ", ".join(f"{m} {w:.3f}" for m, w in blend["weights"].items())
         print(f"\n{target}: {weights}; intercept {blend['intercept']:.4f}")
-    print(
-        f"\nweights: {output_dir / 'ensembles' / name / 'weights.json'}; "
-        f"submission: {submission_dir / (name + '.csv')} and {submission_dir / 'submission.csv'}"
-    )
 
 
 def apply(weights: Path, input_path: Path, output: Path, sample: Path | None) -> None:
