@@ -24,6 +24,8 @@ from fake_wandb import (  # noqa: F401 (fake_wandb_fixture: the fake_wandb fixtu
 
 import report
 from textreg.config import load_config
+from textreg.experiments import experiments_table
+from textreg.records import ValidationEvent
 from textreg.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +164,15 @@ def test_report_lists_experiments_and_what_differs(make_config, tmp_path, capsys
     for name in ("tiny", "tiny-lr"):
         score = json.loads((tmp_path / "outputs" / name / "metrics.json").read_text())["cv_score"]
         assert f"{score:.4f}" in lines[name]
+
+
+def test_report_shows_every_score_to_four_decimals():
+    event = ValidationEvent(step=1, epoch=1.0, val_score=0.5, val_per_target=[0.5], samples_per_second=1.0)
+    fold = {"score": 0.5, "train_seconds": 1.0}
+    metrics = {"experiment": "x", "metric": "rmse", "cv_score": 1.122, "fold_score_std": 0.05, "folds_missing": []}
+    run = {"metrics": {**metrics, "folds": {"0": fold}, "train_seconds": 1.0}, "histories": [[event]], "changed": []}
+    (row,) = experiments_table([{**run, "config": {}}]).to_dict("records")
+    assert (row["CV rmse"], row["per fold"], row["fold std"]) == ("1.1220", "0.5000", "0.0500")  # not 1.122
 
 
 def test_report_pools_seeds_of_one_recipe(make_config, tmp_path, capsys):

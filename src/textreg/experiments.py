@@ -62,12 +62,12 @@ def experiments_table(runs: list[dict]) -> pd.DataFrame:
         rows.append(
             {
                 "experiment": metrics["experiment"],
-                f"CV {metrics['metric']}": round(metrics["cv_score"], 4),
+                f"CV {metrics['metric']}": f"{metrics['cv_score']:.4f}",
                 "per fold": " ".join(f"{m['score']:.4f}" for m in metrics["folds"].values()),
-                "fold std": round(metrics["fold_score_std"], 4),
+                "fold std": f"{metrics['fold_score_std']:.4f}",
                 "missing folds": ",".join(map(str, metrics["folds_missing"])) or "-",
-                "final-best": round(gap, 4),
-                "late wobble": round(wobble, 4),
+                "final-best": f"{gap:.4f}",
+                "late wobble": f"{wobble:.4f}",
                 "train s": metrics["train_seconds"],
                 "differs from default": ", ".join(_describe(k, run["config"]) for k in run["changed"]) or "-",
             }
@@ -92,10 +92,10 @@ def seeds_table(runs: list[dict]) -> pd.DataFrame:
                 "recipe": recipe,
                 "seeds": " ".join(str(run["config"]["seed"]) for run in members),
                 "folds x seeds": len(scores),
-                "mean fold score": round(float(np.mean(scores)), 4),
-                "std": round(float(np.std(scores)), 4),
-                "final-best": round(gap, 4),
-                "late wobble": round(wobble, 4),
+                "mean fold score": f"{float(np.mean(scores)):.4f}",
+                "std": f"{float(np.std(scores)):.4f}",
+                "final-best": f"{gap:.4f}",
+                "late wobble": f"{wobble:.4f}",
                 "train s per fold": round(sum(run["metrics"]["train_seconds"] for run in members) / len(scores), 1),
             }
         )
