@@ -225,6 +225,63 @@ def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_ro
     return predict_rows(forward, loader, n_rows, gather=accelerator.gather_for_metrics)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """A fold's step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps
+    count over all processes together, so eval_every and max_steps mean the same number of samples on any count."""
+
+    steps_per_epoch: int
+    total: int
+    first_eval: int  # no validation before this step (train.eval_start), except the last
+
+    @classmethod
+    def of(cls, n_batches: int, processes: int, train: TrainConfig) -> StepPlan:
+        per_epoch = epoch_steps(n_batches, processes, train.grad_accum)
+        total = min(per_epoch * train.epochs, train.max_steps or per_epoch * train.epochs)
+        return cls(per_epoch, total, math.ceil(train.eval_start * total))
+
+
+@dataclasses.dataclass
+class Validator:
+    """Scores a prepared model on its fold's validation rows, keeping the best step's weights and predictions."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    loader: DataLoader
+    metric: str
+    fold: int
+    targets: np.ndarray  # every training row's: predictions come back one per row
+    rows: np.ndarray
+    average: WeightAverage | None
+
+    def __call__(self, p: checkpoints.FoldProgress, epoch: float, lr: float) -> ValidationEvent:
+        valid_targets = self.targets[self.rows]
+        with self.average.applied() if self.average else nullcontext():  # validated, and kept, with the average
+            pred = predict(self.accelerator, self.model, self.loader, len(self.targets))[self.rows]
+            val_score = score(self.metric, valid_targets, pred)
+            if math.isnan(val_score):  # diverged weights stay NaN: stop now, with a reason, not at the end
+                raise UserError(
+                    f"fold {self.fold}: validation {self.metric} is NaN at step {p.step}: training diverged; "
+                    "lower train.lr, or try train.mixed_precision=no"
+                )
+            if val_score < p.best_score:
+                state = self.accelerator.unwrap_model(self.model).state_dict()
+                p.best_score, p.best_step, p.best_pred = val_score, p.step, pred
+                p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        event = ValidationEvent(
+            step=p.step,
+            epoch=epoch,
+            val_score=val_score,
+            val_per_target=per_target(self.metric, valid_targets, pred).tolist(),
+            samples_per_second=p.samples / max(p.train_seconds, 1e-9),
+            train_loss=p.loss_sum.item() / max(p.loss_batches, 1),  # sync: once per validation
+            lr=lr,
+        )
+        p.loss_sum, p.loss_batches = torch.zeros_like(p.loss_sum), 0
+        p.history.append(event)
+        return event
+
+
 def train_fold(
     accelerator: Accelerator,
     train: TrainConfig,
@@ -247,69 +304,34 @@ def train_fold(
         enable_gradient_checkpointing(model.backbone)
     if train.compile:
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
-    # The step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps count
-    # over all processes together, so eval_every and max_steps mean the same number of samples on any count.
-    steps_per_epoch = epoch_steps(len(loaders["train"]), accelerator.num_processes, train.grad_accum)
-    total_steps = steps_per_epoch * train.epochs
-    if train.max_steps:
-        total_steps = min(total_steps, train.max_steps)
-    first_eval = math.ceil(train.eval_start * total_steps)
+    steps = StepPlan.of(len(loaders["train"]), accelerator.num_processes, train)
     accelerator.print(
         f"fold {fold}: {len(loaders['train'].dataset)} training rows, batch {train.batch_size} x {train.grad_accum} "
-        f"accumulated, {steps_per_epoch} optimizer steps an epoch, {total_steps} in all, validation every "
-        f"{train.eval_every} steps from step {first_eval}"
+        f"accumulated, {steps.steps_per_epoch} optimizer steps an epoch, {steps.total} in all, validation every "
+        f"{train.eval_every} steps from step {steps.first_eval}"
     )
     scheduler = get_scheduler(
         train.scheduler if train.scheduler != "constant" else "constant_with_warmup",
         optimizer,
-        num_warmup_steps=int(train.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+        num_warmup_steps=int(train.warmup_ratio * steps.total),
+        num_training_steps=steps.total,
     )
     units = model  # the bare model, for the target scaling buffers
     sampler = loaders["train"].batch_sampler  # set_epoch through Accelerate's wrappers does not always reach it
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["valid"], loaders["test"], scheduler
     )
-    fitted_dl = accelerator.prepare(loaders["fitted"]) if "fitted" in loaders else None
-    plan = {"steps": total_steps, "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes}
+    plan = {"steps": steps.total, "steps_per_epoch": steps.steps_per_epoch, "processes": accelerator.num_processes}
     p = resume(accelerator, fold, fold_dir, plan, on_validation)
     schedule = checkpoints.Schedule(train.checkpoint_every if fold_dir else None, p.step, accelerator.num_processes)
     average = WeightAverage(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay else None
     if average and p.weight_average is not None:
         average.load(p.weight_average)
-    valid_targets = targets[valid_rows]
-    bar = tqdm(total=total_steps, initial=p.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
-
-    def validate() -> None:
-        with average.applied() if average else nullcontext():  # validated, and kept, with the average's weights
-            pred = predict(accelerator, model, valid_dl, len(targets))[valid_rows]
-            val_score = score(metric, valid_targets, pred)
-            if math.isnan(val_score):  # diverged weights stay NaN: stop now, with a reason, not at the end
-                raise UserError(
-                    f"fold {fold}: validation {metric} is NaN at step {p.step}: training diverged; "
-                    "lower train.lr, or try train.mixed_precision=no"
-                )
-            if val_score < p.best_score:
-                state = accelerator.unwrap_model(model).state_dict()
-                p.best_score, p.best_step, p.best_pred = val_score, p.step, pred
-                p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        event = ValidationEvent(
-            step=p.step,
-            epoch=round(p.step / steps_per_epoch, 3),
-            val_score=val_score,
-            val_per_target=per_target(metric, valid_targets, pred).tolist(),
-            samples_per_second=p.samples / max(p.train_seconds, 1e-9),
-            train_loss=p.loss_sum.item() / max(p.loss_batches, 1),  # sync: once per validation
-            lr=scheduler.get_last_lr()[0],
-        )
-        p.loss_sum, p.loss_batches = torch.zeros_like(p.loss_sum), 0
-        p.history.append(event)
-        on_validation(event)
-        bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{p.best_score:.4f}"})
-        model.train()
+    validator = Validator(accelerator, model, valid_dl, metric, fold, targets, valid_rows, average)
+    bar = tqdm(total=steps.total, initial=p.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
 
     model.train()
-    while p.step < total_steps:
+    while p.step < steps.total:
         sampler.set_epoch(p.epoch)
         train_dl.set_epoch(p.epoch)
         batches = accelerator.skip_first_batches(train_dl, p.batches_in_epoch) if p.batches_in_epoch else train_dl
@@ -334,12 +356,15 @@ def train_fold(
             if average:
                 average.update(p.step // accelerator.num_processes - 1)
             bar.update(accelerator.num_processes)
-            due = p.step % train.eval_every < accelerator.num_processes and p.step >= first_eval
-            if due or p.step >= total_steps:
+            due = p.step % train.eval_every < accelerator.num_processes and p.step >= steps.first_eval
+            if due or p.step >= steps.total:
                 p.train_seconds += elapsed_since(tick, accelerator.device)
-                validate()
+                event = validator(p, round(p.step / steps.steps_per_epoch, 3), scheduler.get_last_lr()[0])
+                on_validation(event)
+                bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{p.best_score:.4f}"})
+                model.train()
                 tick = time.perf_counter()
-            if p.step >= total_steps:
+            if p.step >= steps.total:
                 break
             if schedule.due(p.step):
                 p.train_seconds += elapsed_since(tick, accelerator.device)
@@ -351,10 +376,24 @@ def train_fold(
             p.epoch, p.batches_in_epoch = p.epoch + 1, 0
         p.train_seconds += elapsed_since(tick, accelerator.device)
     bar.close()
+    fitted_dl = accelerator.prepare(loaders["fitted"]) if "fitted" in loaders else None
+    return finish_fold(accelerator, model, p, fold, test_dl, n_test, fitted_dl, len(targets))
 
+
+def finish_fold(
+    accelerator: Accelerator,
+    model: nn.Module,
+    p: checkpoints.FoldProgress,
+    fold: int,
+    test_dl: DataLoader,
+    n_test: int,
+    fitted_dl: DataLoader | None,
+    n_rows: int,
+) -> FoldResult:
+    """The best step's weights back in the model, its test predictions (and its fitted ones, NaN off their rows)."""
     accelerator.unwrap_model(model).load_state_dict(p.best_state)
     test_pred = predict(accelerator, model, test_dl, n_test)
-    fitted_pred = predict(accelerator, model, fitted_dl, len(targets)) if fitted_dl else None  # NaN off its rows
+    fitted_pred = predict(accelerator, model, fitted_dl, n_rows) if fitted_dl else None
     accelerator.free_memory()
     return FoldResult(
         fold=fold,
