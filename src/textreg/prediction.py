@@ -36,12 +36,12 @@ def predict_rows(
         out, row = forward(batch), batch["row"]
         if gather is not None:
             out, row = gather((out, row))
-        preds.append(out.float().cpu())
-        rows.append(row.cpu())
-    rows_all = torch.cat(rows).numpy()
+        preds.append(out.float())  # kept on the device: the loop queues batches without waiting for them
+        rows.append(row)
+    rows_all = torch.cat(rows).cpu().numpy()  # sync: once, after the last batch
     if len(np.unique(rows_all)) != len(rows_all):
         raise RuntimeError("a row was predicted twice: the evaluation loader is not sharded as expected")
-    stacked = torch.cat(preds).numpy()
+    stacked = torch.cat(preds).cpu().numpy()
     result = np.full((n_rows, stacked.shape[1]), np.nan, dtype=np.float64)
     result[rows_all] = stacked
     return result
