@@ -1,6 +1,6 @@
 """Nested CV of every blend method on run folders' OOF predictions alone, for runs whose fold weights stayed on
-another machine (src/ensemble.py needs whole runs, since its weights must predict new files). Same members check
-(same ids and folds), same methods and scores as src/ensemble.py; writes nothing.
+another machine (src/ensemble.py needs whole runs, since its weights must predict new files). The members checks,
+methods and scores of src/ensemble.py; writes nothing.
 
     python benchmarks/blend_oof.py outputs/minilm-default outputs/minilm-mlm outputs/tfidf-ridge
 """
@@ -33,11 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders with oof.csv")
 
     def run() -> None:
-        members = [load(run_dir) for run_dir in parser.parse_args(argv).runs]
-        first = members[0]
-        for other in members[1:]:
-            if not other.oof.index.equals(first.oof.index) or (other.oof["fold"] != first.oof["fold"]).any():
-                raise UserError(f"{other.name} and {first.name}: other ids or folds")
+        run_dirs = parser.parse_args(argv).runs
+        blending.check_names(run_dirs)
+        members = [load(run_dir) for run_dir in run_dirs]
+        blending.check_blendable(members)
         print_report(blending.fit(members))
 
     return run_reporting_user_errors(run)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader  # noqa: E402
 from textreg.config import load_config  # noqa: E402
 from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
-from textreg.engine import make_accelerator, predict, train_fold  # noqa: E402
+from textreg.engine import elapsed_since, make_accelerator, predict, train_fold  # noqa: E402
 from textreg.files import write_folder_once  # noqa: E402
 from textreg.hardware import choose_mixed_precision, cpu_supports_bf16, set_threads  # noqa: E402
 from textreg.metrics import score  # noqa: E402
@@ -108,9 +108,7 @@ def run_plain(cfg, data: dict, steps: int) -> dict:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # the GPU may still be working through the queued steps
-    train_seconds = time.perf_counter() - tick
+    train_seconds = elapsed_since(tick, device)  # the GPU may still be working through the queued steps
     model.eval()
     valid, preds = data["valid"], []
     tick = time.perf_counter()

@@ -89,12 +89,7 @@ class Member:
 
 def load_members(run_dirs: list[Path]) -> list[Member]:
     """Finished experiments trained on the same folds, with the same ids and targets."""
-    if len(run_dirs) < 2:
-        raise UserError("an ensemble needs at least two experiment folders")
-    names = [run_dir.name for run_dir in run_dirs]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:  # members are keyed by folder name in weights.json
-        raise UserError(f"an ensemble's members need distinct folder names: {twice} given more than once")
+    check_names(run_dirs)
     members = []
     for run_dir in run_dirs:
         cfg = artifacts.require_finished(run_dir)
@@ -102,6 +97,22 @@ def load_members(run_dirs: list[Path]) -> list[Member]:
         oof = read_csv(run_dir / "oof.csv").set_index(id_col).sort_index()
         test = read_csv(run_dir / "test_predictions.csv").set_index(id_col)
         members.append(Member(run_dir.name, run_dir, cfg, oof, test))
+    check_blendable(members)
+    return members
+
+
+def check_names(run_dirs: list[Path]) -> None:
+    """Two members at least, each of its own folder name (members are keyed by it in weights.json)."""
+    if len(run_dirs) < 2:
+        raise UserError("an ensemble needs at least two experiment folders")
+    names = [run_dir.name for run_dir in run_dirs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(f"an ensemble's members need distinct folder names: {twice} given more than once")
+
+
+def check_blendable(members: list[Member]) -> None:
+    """One competition, target and metric, OOF predictions of the same ids, each row in the same fold."""
     first = members[0]
     for other in members[1:]:
         a, b = other.cfg, first.cfg
@@ -119,7 +130,6 @@ def load_members(run_dirs: list[Path]) -> list[Member]:
                 f"{other.name} and {first.name} were trained on different folds ({differ} rows in another fold): "
                 "their OOF predictions cannot be blended honestly; train them with the same cv settings"
             )
-    return members
 
 
 def _matrix(members: list[Member], frame: str, column: str) -> np.ndarray:

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,9 @@ def load(accelerator: Accelerator, folder: Path, fingerprint: dict, progress_typ
     return progress_type.from_saved(saved)
 
 
-def resume(accelerator: Accelerator, folder: Path | None, fingerprint: dict, progress_type: type = FoldProgress):
+def resume(
+    accelerator: Accelerator, folder: Path | None, fingerprint: dict, progress_type: type = FoldProgress
+) -> tuple[Any, Path | None]:
     """The loop's progress at the last whole checkpoint in `folder`, the states restored, and that checkpoint's
     path; a fresh `progress_type` and None when there is none. The summed loss is on the accelerator's device."""
     found = complete(folder) if folder is not None else []

@@ -237,7 +237,9 @@ class StepPlan:
     @classmethod
     def of(cls, n_batches: int, processes: int, train: TrainConfig) -> StepPlan:
         per_epoch = epoch_steps(n_batches, processes, train.grad_accum)
-        total = min(per_epoch * train.epochs, train.max_steps or per_epoch * train.epochs)
+        total = per_epoch * train.epochs
+        if train.max_steps:
+            total = min(total, train.max_steps)
         return cls(per_epoch, total, math.ceil(train.eval_start * total))
 
 
