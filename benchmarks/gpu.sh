@@ -5,12 +5,15 @@
 #      off), then the pipeline in fp32, with neither fix (PyTorch's choices), and with each fix alone;
 #   2. base and large architectures with random weights (nothing is downloaded), LARGE_STEPS steps each after WARMUP
 #      steps of a throwaway model, bf16: batch 16 at max_len 256 and batch 8 at max_len 512, each with and without
-#      gradient checkpointing.
+#      gradient checkpointing;
+#   3. where the time goes, by PyTorch operator (torch.profiler): PROFILE_STEPS steps of each of PROFILE_ARCHS in
+#      bf16 at the first shape, after WARMUP steps: the share of matrix multiplies, and how long the GPU idles.
 # Every row gives samples/s, peak GPU memory and MFU against the card's measured bf16 (or fp32) matmul peak.
 #
 #   bash benchmarks/gpu.sh 2>&1 | tee gpu.log
-#   STEPS=2 LARGE_STEPS=1 WARMUP=1 ARCHS=tiny-deberta DEFAULT_ARCH=tiny-deberta SHAPES="train.batch_size=4 \
-#     model.max_len=32" EVAL_ROWS=8 BENCH_ARGS=--in-process bash benchmarks/gpu.sh      # a smoke run, on any machine
+#   STEPS=2 LARGE_STEPS=1 PROFILE_STEPS=1 WARMUP=1 ARCHS=tiny-deberta DEFAULT_ARCH=tiny-deberta \
+#     SHAPES="train.batch_size=4 model.max_len=32" EVAL_ROWS=8 BENCH_ARGS=--in-process \
+#     bash benchmarks/gpu.sh                                                            # a smoke run, on any machine
 #
 # Needs the competition data in input/ (make data) and the project's packages (make setup); on a machine that
 # reaches no package index, docs/speed.md says what to bring. CONFIG and OVERRIDES (config overrides for every
@@ -23,9 +26,11 @@ LARGE_STEPS=${LARGE_STEPS:-30}
 WARMUP=${WARMUP:-10}  # section 2: steps of a throwaway model first, so that MFU is the steady state's
 ARCHS=${ARCHS:-deberta-v3-base deberta-v3-large}
 SHAPES=${SHAPES:-"train.batch_size=16 model.max_len=256;train.batch_size=8 model.max_len=512"}  # ;-separated
+PROFILE_STEPS=${PROFILE_STEPS:-10}
 EVAL_ROWS=${EVAL_ROWS:-256}
 CONFIG=${CONFIG:-configs/default.yaml}
 DEFAULT_ARCH=${DEFAULT_ARCH:-minilm-l6}
+PROFILE_ARCHS=${PROFILE_ARCHS:-"$DEFAULT_ARCH ${ARCHS##* }"}  # the default's and the largest
 TOKENIZER=${TOKENIZER:+--tokenizer $TOKENIZER}
 OVERRIDES=${OVERRIDES:-}
 BENCH_ARGS=${BENCH_ARGS:-}  # more arguments of benchmarks/throughput.py, e.g. --in-process for a smoke run
@@ -55,3 +60,11 @@ for arch in $ARCHS; do
   done
 done
 echo "(sections 1 and 2: $SECONDS s)"
+
+echo "== 3. where the time goes: $PROFILE_STEPS steps under torch.profiler"
+for arch in $PROFILE_ARCHS; do
+  # shellcheck disable=SC2086  # the shape is two overrides
+  bench --steps "$PROFILE_STEPS" --warmup-steps "$WARMUP" --methods pipeline --random-backbone "$arch" --profile \
+    --eval-rows 16 ${SHAPES%%;*} train.mixed_precision=bf16
+done
+echo "(all sections: $SECONDS s)"

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from transformers import get_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from opprofile import OperatorProfile  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 
 from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader  # noqa: E402
 from textreg.config import load_config  # noqa: E402
@@ -43,6 +46,7 @@ from textreg.metrics import score  # noqa: E402
 from textreg.model import build_model, load_backbone_config, load_tokenizer  # noqa: E402
 
 METHODS = ("plain", "trainer", "pipeline")
+UNWATCHED = nullcontext()  # a method's training outside the profiler
 # Architectures at their published sizes, built with random weights: speed and memory need no download. They read
 # the packaged MiniLM tokenizer's ids, a subset of each vocabulary; the embedding tables keep their real sizes.
 DEBERTA_V3 = {
@@ -86,7 +90,7 @@ def fold_data(cfg, eval_rows: int) -> dict:
     }
 
 
-def run_plain(cfg, data: dict, steps: int) -> dict:
+def run_plain(cfg, data: dict, steps: int, watch: AbstractContextManager = UNWATCHED) -> dict:
     """The usual way: pad everything to max_len, shuffle, fp32, torch's default AdamW; on the GPU if there is one."""
     tok, t = data["tokenizer"], cfg.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,16 +103,17 @@ def run_plain(cfg, data: dict, steps: int) -> dict:
     order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(data["train"]))
     model.train()
     tick = time.perf_counter()
-    for step in range(steps):
-        rows = order[(step * t.batch_size) % len(order) :][: t.batch_size].to(device)
-        out = model(enc["input_ids"][rows], enc["attention_mask"][rows])
-        loss = nn.functional.mse_loss(out, targets[rows])
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or 1e9)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-    train_seconds = elapsed_since(tick, device)  # the GPU may still be working through the queued steps
+    with watch:
+        for step in range(steps):
+            rows = order[(step * t.batch_size) % len(order) :][: t.batch_size].to(device)
+            out = model(enc["input_ids"][rows], enc["attention_mask"][rows])
+            loss = nn.functional.mse_loss(out, targets[rows])
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or 1e9)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+        train_seconds = elapsed_since(tick, device)  # the GPU may still be working through the queued steps
     model.eval()
     valid, preds = data["valid"], []
     tick = time.perf_counter()
@@ -134,7 +139,7 @@ class WithLoss(nn.Module):
         return {"loss": loss, "logits": out}
 
 
-def run_trainer(cfg, data: dict, steps: int) -> dict:
+def run_trainer(cfg, data: dict, steps: int, watch: AbstractContextManager = UNWATCHED) -> dict:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     t, tok = cfg.train, data["tokenizer"]
@@ -170,7 +175,8 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
         data_collator=DataCollatorWithPadding(tok),
     )
     tick = time.perf_counter()
-    trainer.train()
+    with watch:
+        trainer.train()
     train_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
     preds = trainer.predict(rows(data["valid"])).predictions
@@ -179,7 +185,7 @@ def run_trainer(cfg, data: dict, steps: int) -> dict:
     return result(steps * t.batch_size / train_seconds, infer_sps, data, preds, trainer.model.model, precision)
 
 
-def run_pipeline(cfg, data: dict, steps: int) -> dict:
+def run_pipeline(cfg, data: dict, steps: int, watch: AbstractContextManager = UNWATCHED) -> dict:
     t = cfg.train.model_copy(update={"max_steps": steps, "eval_every": 10**9})
     accelerator = make_accelerator(t.mixed_precision, t.grad_accum)
     ids = data["ids"]
@@ -191,7 +197,8 @@ def run_pipeline(cfg, data: dict, steps: int) -> dict:
         "test": eval_loader(ids, data["valid"][:1], t.eval_batch_size, collate),
     }
     model = data["model"]()
-    fold = train_fold(accelerator, t, cfg.metric, 0, model, loaders, data["targets"], data["valid"], len(ids))
+    with watch:  # the fold's set-up and its one validation too
+        fold = train_fold(accelerator, t, cfg.metric, 0, model, loaders, data["targets"], data["valid"], len(ids))
     tick = time.perf_counter()
     preds = predict(accelerator, model, accelerator.prepare(loaders["valid"]), len(ids))[data["valid"]]
     infer_seconds = time.perf_counter() - tick
@@ -253,8 +260,17 @@ def methods_list(text: str) -> list[str]:
     return methods
 
 
-def measure(config: str, overrides: list[str], method: str, steps: int, warmup_steps: int, eval_rows: int) -> dict:
-    """One method's run: `warmup_steps` of a throwaway model first, if any, then the measured `steps`."""
+def measure(
+    config: str,
+    overrides: list[str],
+    method: str,
+    steps: int,
+    warmup_steps: int,
+    eval_rows: int,
+    with_profile: bool = False,
+) -> dict:
+    """One method's run: `warmup_steps` of a throwaway model first, if any, then the measured `steps` (their
+    training under torch.profiler with `with_profile`: the result's "profile" says where its time went)."""
     cfg = load_config(config, ["tracking.mode=disabled", *overrides])
     torch.manual_seed(cfg.seed)
     set_threads(cfg.train.threads)  # every method on the same threads
@@ -262,7 +278,10 @@ def measure(config: str, overrides: list[str], method: str, steps: int, warmup_s
     runner = {"plain": run_plain, "trainer": run_trainer, "pipeline": run_pipeline}[method]
     if warmup_steps:
         runner(cfg, data, warmup_steps)
-    return runner(cfg, data, steps)
+    if not with_profile:
+        return runner(cfg, data, steps)
+    watch = OperatorProfile()
+    return runner(cfg, data, steps, watch) | {"profile": watch.report()}
 
 
 def run_child(args: argparse.Namespace, method: str, variant: str = "") -> dict:
@@ -274,9 +293,10 @@ def run_child(args: argparse.Namespace, method: str, variant: str = "") -> dict:
         # Accelerate keeps one state a process, of one precision; rows of other precisions reset it, as
         # Accelerate's own tests do (a private call, safe at the pinned version).
         AcceleratorState._reset_state(reset_partial_state=True)
-        return measure(args.config, overrides, method, args.steps, args.warmup_steps, args.eval_rows)
+        return measure(args.config, overrides, method, args.steps, args.warmup_steps, args.eval_rows, args.profile)
     cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps)]
     cmd += ["--warmup-steps", str(args.warmup_steps), "--eval-rows", str(args.eval_rows), "--method", method]
+    cmd += ["--profile"] if args.profile else []
     child = subprocess.run([*cmd, *overrides], cwd=ROOT, capture_output=True, text=True)
     if child.returncode != 0:
         sys.exit(f"{method} failed:\n{child.stderr[-2000:]}")
@@ -284,9 +304,9 @@ def run_child(args: argparse.Namespace, method: str, variant: str = "") -> dict:
 
 
 def median_results(runs: list[dict]) -> dict:
-    out = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "precision"}
-    out["precision"] = runs[0]["precision"]
-    return out
+    texts = ("precision", "profile")  # of the first run
+    out = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key not in texts}
+    return out | {key: runs[0][key] for key in texts if key in runs[0]}
 
 
 def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None:
@@ -294,7 +314,9 @@ def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None
     print(
         f"{args.steps} steps (after {args.warmup_steps} of warm-up) of batch {cfg.train.batch_size}, "
         f"max_len {cfg.model.max_len}, {cfg.model.backbone}, "
-        f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs; "
+        f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs"
+        + (" (under the profiler: slower than without)" if args.profile else "")
+        + "; "
         f"overrides: {' '.join(args.overrides) or 'none'}; peak MB: "
         + ("GPU memory allocated" if torch.cuda.is_available() else "resident memory of the process")
     )
@@ -365,6 +387,12 @@ def main() -> None:
         help="every row in this process, not each in a fresh one: seconds quicker a row, for smoke runs (peak memory "
         "is then the highest so far, and process-wide switches such as train.cudnn_attention carry over)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print where each row's measured steps spent their time, by operator (torch.profiler; it includes "
+        "the validation and the prediction of --eval-rows rows, so keep those few)",
+    )
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
     args = parser.parse_args()
@@ -372,7 +400,9 @@ def main() -> None:
         args.overrides.append(f"model.backbone={random_backbone(args.random_backbone, args.tokenizer)}")
     cfg = load_config(args.config, ["tracking.mode=disabled", *args.overrides])
     if args.method:
-        result = measure(args.config, args.overrides, args.method, args.steps, args.warmup_steps, args.eval_rows)
+        result = measure(
+            args.config, args.overrides, args.method, args.steps, args.warmup_steps, args.eval_rows, args.profile
+        )
         print("RESULT " + json.dumps(result))
         return
     rows = [(method, method, "") for method in args.methods]
@@ -383,6 +413,9 @@ def main() -> None:
             runs[name].append(run_child(args, method, variant))
     results = {method: median_results(method_runs) for method, method_runs in runs.items()}
     print_table(cfg, args, results)
+    for name, result in results.items():
+        if "profile" in result:
+            print(f"\n== where the time of {name!r} went (its first run)\n{result['profile']}")
     print(
         f"matmul peak now: fp32 {matmul_peak_tflops(torch.float32):.3f} TFLOP/s, bf16 "
         f"{matmul_peak_tflops(torch.bfloat16):.3f} TFLOP/s (`matmul TF/s`: the run's own precision, right after it)"

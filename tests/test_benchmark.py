@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from opprofile import OperatorProfile, kind_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +20,7 @@ def test_the_gpu_script_runs_every_section_anywhere(competition):
     overrides = f"data.dir={competition} cv.n_folds=2 cv.n_bins=4 train.batch_size=4 train.mixed_precision=bf16"
     env = dict(os.environ, STEPS="1", LARGE_STEPS="1", ARCHS="tiny-deberta", DEFAULT_ARCH="tiny-deberta", EVAL_ROWS="4")
     env["WARMUP"], env["BENCH_ARGS"] = "1", "--in-process"  # each row in the benchmark's process: a minute quicker
+    env["PROFILE_STEPS"] = "1"
     env["OVERRIDES"], env["SHAPES"] = overrides, "train.batch_size=4 model.max_len=32"
     env["PYTHON"] = sys.executable
     result = subprocess.run(
@@ -39,6 +42,52 @@ def test_the_gpu_script_runs_every_section_anywhere(competition):
         row = next(line.removeprefix(name).split() for line in lines if line.startswith(name + " "))  # the first
         assert float(row[-9]) > 0 and float(row[-7]) > 0, name  # samples/s, train and inference
         assert row[-1].endswith("%") and float(row[-2]) > 0 and row[-3] == precision, name  # MFU, peak, precision
-    headers = [line for line in result.stdout.splitlines() if " of warm-up) of batch " in line]
+    speed_sections = result.stdout.split("== 3. ")[0]
+    headers = [line for line in speed_sections.splitlines() if " of warm-up) of batch " in line]
     assert sum("random-tiny-deberta" in line for line in headers) == 2  # the default config's section, the shape
     assert "1 steps (after 0 of warm-up)" in headers[0] and "1 steps (after 1 of warm-up)" in headers[1]
+    profiles = result.stdout.split("== 3. ")[1].split("== where the time of 'pipeline' went")[1:]
+    assert len(profiles) == 2  # the default architecture's and the largest's (both tiny-deberta here)
+    for profile in profiles:
+        assert "CPU operators: " in profile and "matmul " in profile.split("by kind: ")[1].splitlines()[0]
+        assert "aten::_to_copy" in profile  # bf16 autocast's casts, on a CPU
+
+
+def test_operators_fall_into_kinds():
+    kinds = {
+        "aten::mm": "matmul",
+        "aten::addmm": "matmul",
+        "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+        "aten::_scaled_dot_product_efficient_attention": "attention",
+        "aten::_fused_adamw_": "optimizer",
+        "aten::_foreach_norm": "optimizer",
+        "aten::native_layer_norm_backward": "norm+activation",
+        "aten::gelu": "norm+activation",
+        "aten::embedding_dense_backward": "embedding",
+        "aten::_to_copy": "copy+cast",
+        "aten::copy_": "copy+cast",
+        "Optimizer.step#AdamW.step": "optimizer",
+        "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__": "data loading",
+        "aten::add": "other",
+        "aten::mse_loss": "other",
+    }
+    assert {name: kind_of(name) for name in kinds} == kinds
+
+
+def test_profile_of_a_bf16_training_step_on_a_cpu():
+    """The bf16 path runs on any CPU (slowly without bf16 hardware): the report gives the matmul share, and the
+    autocast casts show as their own operator."""
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 1))
+
+    with OperatorProfile() as watch:
+        for _ in range(10):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(torch.randn(32, 64)).float().pow(2).mean()
+            loss.backward()
+    head, kinds, columns, *rows = watch.report().splitlines()
+    operators, wall = (float(part.split(" s")[0]) for part in head.removeprefix("CPU operators: ").split(" of "))
+    assert 0 < operators <= wall
+    pairs = (part.split() for part in kinds.removeprefix("by kind: ").split(", "))
+    shares = {kind: int(share.rstrip("%")) for kind, share in pairs}
+    assert shares["matmul"] > 0 and 98 <= sum(shares.values()) <= 102  # rounded shares of one whole
+    assert {"aten::addmm", "aten::mm", "aten::_to_copy"} <= {row.split()[0] for row in rows}

@@ -1,0 +1,75 @@
+"""Where a run's time goes, by PyTorch operator: `benchmarks/throughput.py --profile` (docs/speed.md).
+
+The time of an operator is its own (`self`) time: on a CPU the wall time of its own code on the thread that ran it,
+on CUDA the time of the kernels it launched. Operators are grouped by kind, so that the share outside the matrix
+multiplies, and on a GPU the share of the time the card idles, show in one line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+# First match wins, case aside: attention before matmul (the fused kernels do their own matmuls), optimizer before
+# the rest (gradient clipping and the foreach AdamW are elementwise kernels).
+KINDS = {
+    "attention": r"scaled_dot_product|attention",
+    "matmul": r"^aten::(mm|addmm|bmm|baddbmm|_addmm_activation|addmv|mv|dot|_int_mm)$",
+    "optimizer": r"adam|_foreach_|clip_grad|optimizer",
+    "norm+activation": r"layer_norm|rms_norm|gelu|softmax|tanh|relu|silu|dropout",
+    "embedding": r"embedding|index_select|index_add|index_put",
+    "copy+cast": r"^aten::(copy_|_to_copy|to|clone|contiguous|cat|stack|pad|constant_pad_nd|fill_|zero_|zeros)$",
+    "data loading": r"dataloader",
+}
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS.items() if re.search(pattern, name, re.IGNORECASE)), "other")
+
+
+class OperatorProfile:
+    """A context that profiles what runs in it; `report()` then says where the time went."""
+
+    def __init__(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if self.cuda else [])]
+        self.profiler = profile(activities=activities)
+
+    def __enter__(self) -> OperatorProfile:
+        self.profiler.__enter__()
+        self.tick = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()  # the wall time covers the queued kernels too
+        self.wall_seconds = time.perf_counter() - self.tick
+        self.profiler.__exit__(*exc)
+
+    def report(self, rows: int = 15) -> str:
+        """The operators' time by kind, and the busiest operators, each as a share of all operator time."""
+        ops = [a for a in self.profiler.key_averages() if a.device_type == DeviceType.CPU]  # kernels count under theirs
+        seconds = {a.key: (a.self_device_time_total if self.cuda else a.self_cpu_time_total) / 1e6 for a in ops}
+        total = sum(seconds.values())
+        if total <= 0:
+            return "no operator time recorded"
+        by_kind: dict[str, float] = {}
+        for name, value in seconds.items():
+            by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + value
+        head = f"GPU kernels: {total:.3f} s of {self.wall_seconds:.3f} s wall (the GPU idles the rest)"
+        if not self.cuda:
+            head = f"CPU operators: {total:.3f} s of {self.wall_seconds:.3f} s wall (the rest: Python, the profiler)"
+        kinds = sorted(by_kind.items(), key=lambda kv: -kv[1])
+        lines = [
+            head,
+            "by kind: " + ", ".join(f"{kind} {value / total:.0%}" for kind, value in kinds),
+            f"{'operator':<60} {'kind':<16} {'seconds':>8} {'share':>6} {'calls':>7}",
+        ]
+        calls = {a.key: a.count for a in ops}
+        for name, value in sorted(seconds.items(), key=lambda kv: -kv[1])[:rows]:
+            lines.append(f"{name[:60]:<60} {kind_of(name):<16} {value:>8.3f} {value / total:>6.1%} {calls[name]:>7}")
+        return "\n".join(lines)
