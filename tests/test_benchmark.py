@@ -49,8 +49,8 @@ def test_the_gpu_script_runs_every_section_anywhere(competition):
     profiles = result.stdout.split("== 3. ")[1].split("== where the time of 'pipeline' went")[1:]
     assert len(profiles) == 2  # the default architecture's and the largest's (both tiny-deberta here)
     for profile in profiles:
-        assert "CPU operators: " in profile and "matmul " in profile.split("by kind: ")[1].splitlines()[0]
-        assert "aten::_to_copy" in profile  # bf16 autocast's casts, on a CPU
+        kinds = profile.split("by kind: ")[1].splitlines()[0]
+        assert "CPU operators: " in profile and "matmul " in kinds and "copy+cast " in kinds
 
 
 def test_operators_fall_into_kinds():
@@ -84,7 +84,7 @@ def test_profile_of_a_bf16_training_step_on_a_cpu():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = model(torch.randn(32, 64)).float().pow(2).mean()
             loss.backward()
-    head, kinds, columns, *rows = watch.report().splitlines()
+    head, kinds, columns, *rows = watch.report(rows=1000).splitlines()  # every operator
     operators, wall = (float(part.split(" s")[0]) for part in head.removeprefix("CPU operators: ").split(" of "))
     assert 0 < operators <= wall
     pairs = (part.split() for part in kinds.removeprefix("by kind: ").split(", "))
