@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from textreg.config import DropoutConfig, ModelConfig, TrainConfig
-from textreg.engine import build_optimizer
+from textreg.engine import adamw, build_optimizer
 from textreg.errors import UserError
 from textreg.model import build_model, encoder_layers, layer_depth, load_backbone_config
+from textreg.pretraining import load_mlm_model
 
 ARCHS = ["bert", "roberta", "electra", "deberta-v2", "distilbert"]
 
@@ -29,6 +30,27 @@ def test_layerwise_decay_gives_lower_layers_smaller_learning_rates(backbones, ar
     assert set(embeddings) == {1e-3 * 0.25} and set(layer0) == {1e-3 * 0.5} and set(layer1) == {1e-3}
     assert {lr_of[id(p)] for p in model.head.parameters()} == {5e-3}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)  # every parameter, once
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_biases_and_norms_have_no_weight_decay_in_fine_tuning_and_pretraining(backbones, arch):
+    """Both optimizers (fine-tuning's, and masked-LM pretraining's on the model with its LM head) group the same way:
+    weight decay on the weight matrices and embeddings, none on biases and LayerNorm weights; the fused kernel."""
+    fine_tuning = model_for(backbones[arch])
+    pretraining = load_mlm_model(str(backbones[arch]), say=lambda line: None)
+    for model, optimizer in [
+        (fine_tuning, build_optimizer(fine_tuning, TrainConfig(weight_decay=0.05))),
+        (pretraining, adamw(pretraining.named_parameters(), lambda name, param: 1e-4, weight_decay=0.05)),
+    ]:
+        decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+        named = dict(model.named_parameters())
+        no_decay = {n for n, p in named.items() if decay_of[id(p)] == 0.0}
+        norms = {
+            n for n in named if n.endswith(".weight") and "norm" in n.split(".")[-2].lower()
+        }  # LayerNorm, sa_layer_norm
+        assert no_decay == {n for n in named if n.endswith("bias")} | norms and norms, arch
+        assert {decay_of[id(p)] for n, p in named.items() if n not in no_decay} == {0.05}
+        assert all(group["fused"] for group in optimizer.param_groups)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -172,25 +173,35 @@ def epoch_steps(n_batches: int, processes: int, grad_accum: int = 1) -> int:
 
 
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms. The head may have its own learning rate; with
-    layer-wise decay, each backbone layer learns `layerwise_lr_decay` times slower than the one above it."""
+    """The fine-tuning AdamW. The head may have its own learning rate; with layer-wise decay, each backbone layer
+    learns `layerwise_lr_decay` times slower than the one above it."""
     head = {id(p) for p in model.head_parameters()}
     n_layers = model.backbone.config.num_hidden_layers
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
+
+    def lr_of(name: str, param: nn.Parameter) -> float:
         if id(param) in head:
-            lr = train.head_lr or train.lr
-        else:
-            lr = train.lr * train.layerwise_lr_decay ** (n_layers - layer_depth(name, n_layers))
-        decays = not any(key in name for key in NO_DECAY)
-        groups.setdefault((lr, decays), []).append(param)
+            return train.head_lr or train.lr
+        return train.lr * train.layerwise_lr_decay ** (n_layers - layer_depth(name, n_layers))
+
+    return adamw(model.named_parameters(), lr_of, train.weight_decay, train.fused_optimizer)
+
+
+def adamw(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    lr_of: Callable[[str, nn.Parameter], float],
+    weight_decay: float,
+    fused: bool = True,
+) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms, each parameter at its `lr_of(name, param)`; PyTorch's fused
+    kernel (1.09x training on a CPU, docs/speed.md) or, with `fused=False`, its foreach one."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in named_parameters:
+        groups.setdefault((lr_of(name, param), not any(key in name for key in NO_DECAY)), []).append(param)
     param_groups = [
-        {"params": params, "lr": lr, "weight_decay": train.weight_decay if decays else 0.0}
+        {"params": params, "lr": lr, "weight_decay": weight_decay if decays else 0.0}
         for (lr, decays), params in groups.items()
     ]
-    if train.fused_optimizer:
-        return torch.optim.AdamW(param_groups, lr=train.lr, fused=True)
-    return torch.optim.AdamW(param_groups, lr=train.lr, foreach=True)
+    return torch.optim.AdamW(param_groups, **({"fused": True} if fused else {"foreach": True}))
 
 
 def enable_gradient_checkpointing(backbone: nn.Module) -> None:

@@ -28,9 +28,9 @@ from transformers.utils import logging as hf_logging
 
 from textreg import checkpoints
 from textreg.batching import Collator, TextDataset, separator, tokenize, train_loader
-from textreg.config import DropoutConfig, ModelConfig, PretrainConfig, PretrainSection
+from textreg.config import DropoutConfig, ModelConfig, PretrainConfig
 from textreg.data import competition_texts, read_csv
-from textreg.engine import NO_DECAY, epoch_steps, make_accelerator
+from textreg.engine import adamw, epoch_steps, make_accelerator
 from textreg.errors import UserError
 from textreg.files import write_folder_once, write_json
 from textreg.hardware import set_threads
@@ -116,15 +116,6 @@ def load_mlm_model(path: str, say=print) -> PreTrainedModel:
     if fresh:
         say(f"masked-LM head: {len(fresh)} tensor(s) initialised fresh (the checkpoint has none), e.g. {fresh[0]}")
     return model
-
-
-def build_optimizer(model: torch.nn.Module, p: PretrainSection) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms, as in fine-tuning."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if any(key in name for key in NO_DECAY) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=p.lr)
 
 
 def mask(masker: DataCollatorForLanguageModeling, batch: dict, special_ids: torch.Tensor) -> dict:
@@ -241,7 +232,7 @@ def train(
         f"batch {p.batch_size}: {steps_per_epoch} optimizer steps an epoch, {total_steps} in {p.epochs} epochs "
         f"({warmup} of warm-up), checkpoint every {p.checkpoint_every} steps"
     )
-    optimizer = build_optimizer(model, p)
+    optimizer = adamw(model.named_parameters(), lambda name, param: p.lr, p.weight_decay)  # as fine-tuning's
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     sampler = loader.batch_sampler  # set_epoch through Accelerate's wrappers does not always reach it
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
