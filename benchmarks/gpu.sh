@@ -7,7 +7,7 @@
 #      steps of a throwaway model, bf16: batch 16 at max_len 256 and batch 8 at max_len 512, each with and without
 #      gradient checkpointing;
 #   3. where the time goes, by PyTorch operator (torch.profiler): PROFILE_STEPS steps of each of PROFILE_ARCHS in
-#      bf16 at the first shape, after WARMUP steps: the share of matrix multiplies, and how long the GPU idles.
+#      bf16 at the first shape, after WARMUP steps: the GPU's kernel time by kind (matmul, attention, ...).
 # Every row gives samples/s, peak GPU memory and MFU against the card's measured bf16 (or fp32) matmul peak.
 #
 #   bash benchmarks/gpu.sh 2>&1 | tee gpu.log
@@ -30,7 +30,8 @@ PROFILE_STEPS=${PROFILE_STEPS:-10}
 EVAL_ROWS=${EVAL_ROWS:-256}
 CONFIG=${CONFIG:-configs/default.yaml}
 DEFAULT_ARCH=${DEFAULT_ARCH:-minilm-l6}
-PROFILE_ARCHS=${PROFILE_ARCHS:-"$DEFAULT_ARCH ${ARCHS##* }"}  # the default's and the largest
+PROFILE_ARCHS=${PROFILE_ARCHS:-"$DEFAULT_ARCH ${ARCHS##* }"}  # the default's and the last of ARCHS (the largest)
+PROFILE_EVAL_ROWS=${PROFILE_EVAL_ROWS:-16}  # few: the pipeline's profile includes its one validation
 TOKENIZER=${TOKENIZER:+--tokenizer $TOKENIZER}
 OVERRIDES=${OVERRIDES:-}
 BENCH_ARGS=${BENCH_ARGS:-}  # more arguments of benchmarks/throughput.py, e.g. --in-process for a smoke run
@@ -62,9 +63,10 @@ done
 echo "(sections 1 and 2: $SECONDS s)"
 
 echo "== 3. where the time goes: $PROFILE_STEPS steps under torch.profiler"
+IFS=';' read -ra shapes <<<"$SHAPES"
+read -ra first_shape <<<"${shapes[0]}"
 for arch in $PROFILE_ARCHS; do
-  # shellcheck disable=SC2086  # the shape is two overrides
   bench --steps "$PROFILE_STEPS" --warmup-steps "$WARMUP" --methods pipeline --random-backbone "$arch" --profile \
-    --eval-rows 16 ${SHAPES%%;*} train.mixed_precision=bf16
+    --eval-rows "$PROFILE_EVAL_ROWS" "${first_shape[@]}" train.mixed_precision=bf16
 done
 echo "(all sections: $SECONDS s)"

@@ -1,8 +1,8 @@
 """Where a run's time goes, by PyTorch operator: `benchmarks/throughput.py --profile` (docs/speed.md).
 
 The time of an operator is its own (`self`) time: on a CPU the wall time of its own code on the thread that ran it,
-on CUDA the time of the kernels it launched. Operators are grouped by kind, so that the share outside the matrix
-multiplies, and on a GPU the share of the time the card idles, show in one line.
+on CUDA the time of the kernels and copies it launched. Operators are grouped by kind, so that the share outside the
+matrix multiplies shows in one line.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ def kind_of(name: str) -> str:
 
 
 class OperatorProfile:
-    """A context that profiles what runs in it; `report()` then says where the time went."""
+    """A context that profiles what runs in it; `report()` then says where the time went. `cuda`: count the GPU's
+    kernel time (default: when there is a GPU) rather than the CPU's operator time."""
 
-    def __init__(self) -> None:
-        self.cuda = torch.cuda.is_available()
+    def __init__(self, cuda: bool | None = None) -> None:
+        self.cuda = torch.cuda.is_available() if cuda is None else cuda
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if self.cuda else [])]
         self.profiler = profile(activities=activities)
+        self.tick, self.wall_seconds = 0.0, 0.0
 
     def __enter__(self) -> OperatorProfile:
         self.profiler.__enter__()
@@ -52,24 +54,27 @@ class OperatorProfile:
 
     def report(self, rows: int = 15) -> str:
         """The operators' time by kind, and the busiest operators, each as a share of all operator time."""
-        ops = [a for a in self.profiler.key_averages() if a.device_type == DeviceType.CPU]  # kernels count under theirs
-        seconds = {a.key: (a.self_device_time_total if self.cuda else a.self_cpu_time_total) / 1e6 for a in ops}
+        seconds: dict[str, float] = {}
+        calls: dict[str, int] = {}
+        for op in self.profiler.key_averages():
+            if op.device_type != DeviceType.CPU:
+                continue  # a kernel: counted under the operator that launched it
+            own = op.self_device_time_total if self.cuda else op.self_cpu_time_total
+            seconds[op.key] = seconds.get(op.key, 0.0) + own / 1e6
+            calls[op.key] = calls.get(op.key, 0) + op.count
         total = sum(seconds.values())
         if total <= 0:
             return "no operator time recorded"
         by_kind: dict[str, float] = {}
         for name, value in seconds.items():
-            by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + value
-        head = f"GPU kernels: {total:.3f} s of {self.wall_seconds:.3f} s wall (the GPU idles the rest)"
-        if not self.cuda:
-            head = f"CPU operators: {total:.3f} s of {self.wall_seconds:.3f} s wall (the rest: Python, the profiler)"
-        kinds = sorted(by_kind.items(), key=lambda kv: -kv[1])
+            kind = kind_of(name)
+            by_kind[kind] = by_kind.get(kind, 0.0) + value
+        where = "GPU kernels and copies" if self.cuda else "CPU operators"
         lines = [
-            head,
-            "by kind: " + ", ".join(f"{kind} {value / total:.0%}" for kind, value in kinds),
+            f"{where}: {total:.3f} s in {self.wall_seconds:.3f} s of wall time",
+            "by kind: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])),
             f"{'operator':<60} {'kind':<16} {'seconds':>8} {'share':>6} {'calls':>7}",
         ]
-        calls = {a.key: a.count for a in ops}
         for name, value in sorted(seconds.items(), key=lambda kv: -kv[1])[:rows]:
             lines.append(f"{name[:60]:<60} {kind_of(name):<16} {value:>8.3f} {value / total:>6.1%} {calls[name]:>7}")
         return "\n".join(lines)

@@ -177,7 +177,7 @@ def run_trainer(cfg, data: dict, steps: int, watch: AbstractContextManager = UNW
     tick = time.perf_counter()
     with watch:
         trainer.train()
-    train_seconds = time.perf_counter() - tick
+        train_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
     preds = trainer.predict(rows(data["valid"])).predictions
     infer_seconds = time.perf_counter() - tick
@@ -315,7 +315,7 @@ def print_table(cfg, args: argparse.Namespace, results: dict[str, dict]) -> None
         f"{args.steps} steps (after {args.warmup_steps} of warm-up) of batch {cfg.train.batch_size}, "
         f"max_len {cfg.model.max_len}, {cfg.model.backbone}, "
         f"{args.eval_rows} validation rows, {torch.get_num_threads()} threads, median of {args.repeats} runs"
-        + (" (under the profiler: slower than without)" if args.profile else "")
+        + (" (under the profiler)" if args.profile else "")
         + "; "
         f"overrides: {' '.join(args.overrides) or 'none'}; peak MB: "
         + ("GPU memory allocated" if torch.cuda.is_available() else "resident memory of the process")
@@ -390,8 +390,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also print where each row's measured steps spent their time, by operator (torch.profiler; it includes "
-        "the validation and the prediction of --eval-rows rows, so keep those few)",
+        help="also print where each row's training time went, by operator (torch.profiler; for the pipeline it "
+        "includes the fold's set-up and its one validation over --eval-rows rows, so keep those few)",
     )
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     parser.add_argument("overrides", nargs="*", help="config overrides (they change the pipeline's options)")
