@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -63,13 +63,22 @@ def write_folder_once(path: Path, write: Callable[[Path], object]) -> None:
 
 
 @contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """One process at a time inside the block, for a read-modify-write of a folder's shared files (launches of
-    several folds into one run folder). An advisory lock on `<folder>/.lock`, released when the process dies."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
+def locked(path: Path) -> Iterator[None]:
+    """One process at a time inside the block: an advisory lock on the file `path` (made if missing), released at
+    the block's end or when the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # waits for the process holding it
-        yield
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def folder_lock(folder: Path) -> AbstractContextManager[None]:
+    """`locked` on `<folder>/.lock`, for a read-modify-write of a folder's shared files (launches of several folds
+    into one run folder)."""
+    return locked(folder / ".lock")
 
 
 def write_text(text: str, path: Path) -> None:

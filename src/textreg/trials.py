@@ -12,7 +12,6 @@ folds.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -37,6 +36,7 @@ from optuna.trial import TrialState
 
 from textreg.artifacts import finished_folds, is_finished
 from textreg.errors import UserError
+from textreg.files import locked
 from textreg.studies import Param, Run, Study
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
@@ -168,7 +168,7 @@ def work(studies: list[Study], grid_runs: dict[str, Run], storage: BaseStorage, 
     with _quiet():
         while True:
             for study, target in targets:
-                with _locked(lock):
+                with locked(lock):  # workers on one machine take trials one at a time (SQLite has no row locks)
                     if interval:
                         optuna.storages.fail_stale_trials(target)
                     trial = _next_trial(study, target)
@@ -334,18 +334,6 @@ def _heartbeat(target: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Workers on one machine take trials one at a time (SQLite has no row locks)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def worker_environment(index: int, workers: int, gpus: list[str]) -> tuple[dict[str, str], set[int]]:
