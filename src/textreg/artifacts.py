@@ -175,9 +175,10 @@ def open_run(run_dir: Path) -> Config:
     return load_run_config(run_dir)
 
 
-def require_finished(run_dir: Path) -> Config:
+def require_finished(run_dir: Path, weights: bool = True) -> Config:
     """The one notion of a finished run: a run folder of this template's format whose every fold is finished and
-    whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if not."""
+    whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if not.
+    `weights=False`: the folds' files need not be here (their predictions are), for runs trained elsewhere."""
     cfg = open_run(run_dir)
     missing = sorted(set(range(cfg.cv.n_folds)) - set(finished_folds(run_dir)))
     if missing:
@@ -185,8 +186,9 @@ def require_finished(run_dir: Path) -> Config:
     merged = [run_dir / name for name in ("metrics.json", "oof.csv", "test_predictions.csv")]
     if not all(path.is_file() for path in merged) or _read_json(merged[0]).get("folds_missing") != []:
         raise UserError(f"{run_dir}: its folds are not merged; run `python src/merge.py {run_dir}`")
-    for fold in range(cfg.cv.n_folds):
-        check_fold_dir(run_dir / f"fold{fold}")
+    if weights:
+        for fold in range(cfg.cv.n_folds):
+            check_fold_dir(run_dir / f"fold{fold}")
     return cfg
 
 

@@ -87,21 +87,22 @@ class Member:
     test: pd.DataFrame  # indexed by id: <target>
 
 
-def load_members(run_dirs: list[Path]) -> list[Member]:
-    """Finished experiments trained on the same folds, with the same ids and targets."""
-    check_names(run_dirs)
+def load_members(run_dirs: list[Path], weights: bool = True) -> list[Member]:
+    """Finished experiments trained on the same folds, with the same ids and targets; `weights=False`: their fold
+    weights need not be here (a blend scored from predictions alone cannot predict new files)."""
+    _check_names(run_dirs)
     members = []
     for run_dir in run_dirs:
-        cfg = artifacts.require_finished(run_dir)
+        cfg = artifacts.require_finished(run_dir, weights)
         id_col = cfg.data.id_column
         oof = read_csv(run_dir / "oof.csv").set_index(id_col).sort_index()
         test = read_csv(run_dir / "test_predictions.csv").set_index(id_col)
         members.append(Member(run_dir.name, run_dir, cfg, oof, test))
-    check_blendable(members)
+    _check_blendable(members)
     return members
 
 
-def check_names(run_dirs: list[Path]) -> None:
+def _check_names(run_dirs: list[Path]) -> None:
     """Two members at least, each of its own folder name (members are keyed by it in weights.json)."""
     if len(run_dirs) < 2:
         raise UserError("an ensemble needs at least two experiment folders")
@@ -111,7 +112,7 @@ def check_names(run_dirs: list[Path]) -> None:
         raise UserError(f"an ensemble's members need distinct folder names: {twice} given more than once")
 
 
-def check_blendable(members: list[Member]) -> None:
+def _check_blendable(members: list[Member]) -> None:
     """One competition, target and metric, OOF predictions of the same ids, each row in the same fold."""
     first = members[0]
     for other in members[1:]:
