@@ -14,6 +14,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from textreg.engine import elapsed_since
+
 # First match wins, case aside: attention before matmul (the fused kernels do their own matmuls), optimizer before
 # the rest (gradient clipping and the foreach AdamW are elementwise kernels).
 KINDS = {
@@ -47,9 +49,8 @@ class OperatorProfile:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()  # the wall time covers the queued kernels too
-        self.wall_seconds = time.perf_counter() - self.tick
+        device = torch.device("cuda" if self.cuda else "cpu")
+        self.wall_seconds = elapsed_since(self.tick, device)  # the queued kernels included
         self.profiler.__exit__(*exc)
 
     def report(self, rows: int = 15) -> str:
