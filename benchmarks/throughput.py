@@ -70,7 +70,7 @@ RANDOM_BACKBONES = {
 
 
 def fold_data(cfg, eval_rows: int) -> dict:
-    df = assign_folds(load_train(cfg), cfg)
+    df = assign_folds(load_train(cfg.data, cfg.cv, cfg.seed), cfg.data, cfg.cv, cfg.folds_dir)
     path, backbone_config = load_backbone_config(cfg.model)
     tokenizer = load_tokenizer(path)
     texts = model_inputs(df, cfg.data, separator(tokenizer))

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from textreg import artifacts
-from textreg.batching import Collator, separator, tokenize
+from textreg.artifacts import RunFolder
+from textreg.batching import TextBatcher
 from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
@@ -52,9 +51,10 @@ def plot(result: dict, path: Path, title: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.run:  # the fold's checkpoint, built from the run's own backbone/ folder: offline, like inference
-        cfg = artifacts.open_run(args.run)
-        artifacts.check_fold_dir(args.run / f"fold{args.fold}")
-        path, config = args.run / "backbone", AutoConfig.from_pretrained(args.run / "backbone")
+        run = RunFolder(args.run)
+        cfg = run.config()
+        run.check_fold(args.fold)
+        path, config = run.backbone_dir, AutoConfig.from_pretrained(run.backbone_dir)
     else:
         cfg = load_config(args.config, args.overrides)
         if cfg.model.dropout.disable:  # the point is to look at dropout: keep the checkpoint's own
@@ -70,13 +70,14 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(cfg.data.target_columns), None if args.run else path, config)
     if args.run:
-        model.load_state_dict(load_file(args.run / f"fold{args.fold}" / "model.safetensors"))
-    df = load_train(cfg)
+        model.load_state_dict(run.fold_weights(args.fold))
+    df = load_train(cfg.data, cfg.cv, cfg.seed)
     if not 0 < args.texts <= len(df):
         raise UserError(f"--texts {args.texts}: between 1 and the {len(df)} training rows")
     df = df.sample(n=args.texts, random_state=cfg.seed)
-    ids = tokenize(tokenizer, model_inputs(df, cfg.data, separator(tokenizer)), cfg.model.max_len)
-    batch = Collator(tokenizer.pad_token_id)([{"input_ids": i, "row": n} for n, i in enumerate(ids)])
+    batcher = TextBatcher(tokenizer, cfg.model.max_len)
+    ids = batcher.tokenize(model_inputs(df, cfg.data, batcher.separator))
+    batch = batcher.collate([{"input_ids": i, "row": n} for n, i in enumerate(ids)])
     result = dropout_effect(model, {k: batch[k] for k in ("input_ids", "attention_mask")}, args.passes)
     dropouts = {k: v for k, v in config.to_dict().items() if "dropout" in k and isinstance(v, float)}
     print(f"{cfg.model.backbone}, dropout {dropouts}, {args.texts} texts, {args.passes} train-mode passes")

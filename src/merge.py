@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from textreg.artifacts import RunFolder
 from textreg.errors import run_reporting_user_errors
 from textreg.pipeline import finish_experiment
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path, help="outputs/<experiment>")
     args = parser.parse_args(argv)
-    return run_reporting_user_errors(lambda: finish_experiment(args.run_dir))
+    return run_reporting_user_errors(lambda: finish_experiment(RunFolder(args.run_dir)))
 
 
 if __name__ == "__main__":

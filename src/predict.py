@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from textreg.artifacts import RunFolder
 from textreg.errors import run_reporting_user_errors
 from textreg.files import write_csv
 from textreg.inference import predict_file
@@ -17,7 +18,7 @@ from textreg.inference import predict_file
 
 def run(run_dir: Path, input_path: Path, output: Path | None) -> None:
     result = predict_file(run_dir, input_path)
-    output = output or run_dir / "predictions" / input_path.name
+    output = output or RunFolder(run_dir).predictions_file(input_path)
     write_csv(result, output)
     print(f"{len(result)} predictions written to {output}")
 

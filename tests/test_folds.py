@@ -56,16 +56,17 @@ def test_impossible_fold_settings_are_refused(table):
 
 def test_fold_assignment_is_saved_and_reused(table, tmp_path):
     cfg = load_config("configs/default.yaml", [f"output_dir={tmp_path}"])
-    first = assign_folds(table, cfg)
+    first = assign_folds(table, cfg.data, cfg.cv, cfg.folds_dir)
     saved = list((tmp_path / "folds").glob("*.csv"))
     assert len(saved) == 1
     # A hand-edited assignment is what later runs get: the file, not a recomputation, is the truth.
     edited = pd.read_csv(saved[0]).assign(fold=lambda d: (d["fold"] + 1) % 5)
     edited.to_csv(saved[0], index=False)
-    again = assign_folds(table, cfg)
+    again = assign_folds(table, cfg.data, cfg.cv, cfg.folds_dir)
     assert ((again["fold"] - first["fold"]) % 5 == 1).all()
     # Another fold scheme gets its own file.
-    assign_folds(table, load_config("configs/default.yaml", [f"output_dir={tmp_path}", "cv.seed=7"]))
+    other = load_config("configs/default.yaml", [f"output_dir={tmp_path}", "cv.seed=7"])
+    assign_folds(table, other.data, other.cv, other.folds_dir)
     assert len(list((tmp_path / "folds").glob("*.csv"))) == 2
 
 

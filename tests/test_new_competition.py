@@ -69,7 +69,7 @@ def summaries_config(tmp_path, backbones):
 
 def test_model_input_is_the_template_over_joined_columns(summaries_config):
     cfg = load_config(summaries_config)
-    train = load_train(cfg)
+    train = load_train(cfg.data, cfg.cv, cfg.seed)
     inputs = model_inputs(train, cfg.data, "[SEP]")
     row = train.iloc[0]
     assert inputs[0] == f"What does text {row['prompt_id']} say?[SEP]{row['text']}"

@@ -147,7 +147,8 @@ def test_extra_text_files_are_read_and_duplicates_dropped(tmp_path, competition,
     config = write_pretrain_config(
         tmp_path, competition, backbones["bert"], extra_texts=[str(tmp_path / "more.txt"), str(tmp_path / "more.csv")]
     )
-    texts = pretraining.gather_texts(load_pretrain_config(config), "[SEP]")
+    cfg = load_pretrain_config(config)
+    texts = pretraining.gather_texts(cfg.data, cfg.pretrain.extra_texts, "[SEP]")
     assert len(texts) == 48 + 5 + 3  # competition train + test, then 3 new texts of the 5 extra ones
     assert texts[-3:] == ["one extra text", "another one", "from a table"]
 

@@ -15,7 +15,8 @@ import pytest
 from fake_wandb import fake_wandb_fixture  # noqa: F401 (the fake_wandb fixture)
 
 import train
-from textreg import artifacts, checkpoints
+from textreg import checkpoints
+from textreg.artifacts import RunFolder
 from textreg.config import load_config
 from textreg.errors import UserError
 
@@ -33,15 +34,15 @@ def assert_same_predictions(a: Path, b: Path) -> None:
 
 
 def test_steps_schedule_saves_every_n_steps_counted_over_all_processes():
-    schedule = checkpoints.Schedule(4, start_step=0, num_processes=2)
+    schedule = checkpoints.CheckpointSchedule(4, start_step=0, num_processes=2)
     assert [step for step in range(2, 21, 2) if schedule.due(step)] == [4, 8, 12, 16, 20]
-    assert not any(checkpoints.Schedule(None, 0, 1).due(step) for step in range(1, 100))
+    assert not any(checkpoints.CheckpointSchedule(None, 0, 1).due(step) for step in range(1, 100))
 
 
 def test_minutes_become_steps_from_the_speed_of_the_first_steps(monkeypatch):
     now = {"step": 100}
     monkeypatch.setattr(checkpoints.time, "perf_counter", lambda: now["step"] * 0.5)  # half a second a step
-    schedule = checkpoints.Schedule("1min", start_step=100, num_processes=1)
+    schedule = checkpoints.CheckpointSchedule("1min", start_step=100, num_processes=1)
     due = []
     for step in range(101, 500):
         now["step"] = step
@@ -59,7 +60,7 @@ def interrupted_fold(make_config, tmp_path, monkeypatch, **overrides) -> Path:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(artifacts, "save_fold", disk_full)
+        patch.setattr(RunFolder, "save_fold", disk_full)
         with pytest.raises(OSError):
             train.main(["--config", str(config)])
     return config
@@ -83,9 +84,7 @@ def test_a_rerun_resumes_from_the_last_whole_checkpoint_to_the_same_predictions(
 
     assert train.main(["--config", str(config), "experiment=unbroken"]) == 0
     assert_same_predictions(tmp_path / "outputs" / "tiny", tmp_path / "outputs" / "unbroken")
-    resumed, unbroken = (
-        artifacts._read_json(tmp_path / "outputs" / name / "fold0" / "metrics.json") for name in ("tiny", "unbroken")
-    )
+    resumed, unbroken = (RunFolder(tmp_path / "outputs" / name).fold_metrics(0) for name in ("tiny", "unbroken"))
     assert [e["step"] for e in resumed["history"]] == [e["step"] for e in unbroken["history"]]
     np.testing.assert_allclose(
         [e["val_score"] for e in resumed["history"]], [e["val_score"] for e in unbroken["history"]], atol=1e-6
@@ -133,7 +132,7 @@ def test_changing_how_often_to_checkpoint_keeps_the_run_folder(make_config, tmp_
     config = make_config(folds=[0])
     assert train.main(["--config", str(config)]) == 0
     assert train.main(["--config", str(config), "folds=[1]", "train.checkpoint_every=10min"]) == 0
-    assert artifacts.is_finished(tmp_path / "outputs" / "tiny")
+    assert RunFolder(tmp_path / "outputs" / "tiny").is_finished()
     assert load_config(config).train.checkpoint_every == "15min"
 
 

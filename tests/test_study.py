@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -26,7 +27,15 @@ from textreg.errors import UserError
 from textreg.files import write_json
 from textreg.records import ValidationEvent
 from textreg.studies import Run, Study, load_study, queue, search_markdown, search_rows, state_counts, summarize
-from textreg.trials import Launch, enqueue_grid, open_storage, optuna_study, work, worker_environment
+from textreg.trials import (
+    Launch,
+    enqueue_grid,
+    open_storage,
+    optuna_study,
+    storage_trial_id,
+    work,
+    worker_environment,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,6 +161,36 @@ def test_a_second_trial_for_one_grid_pair_is_skipped_and_a_finished_run_not_trai
     assert not (tmp_path / "logs").exists()
     records = [{"state": t.state.name, "skipped": t.user_attrs.get("skipped")} for t in trials]
     assert state_counts(records) == {"complete": 2, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
+
+
+def test_the_optuna_behaviour_the_workers_rely_on(tmp_path):
+    # Workers use Optuna's public API only; this pins what they rely on, so that an Optuna upgrade that changes it
+    # fails here: a popped grid trial carries the run it was enqueued with, a trial that ask() makes when the queue
+    # is empty carries none, heartbeats recorded for the id that storage_trial_id finds keep a trial alive, and a
+    # stale trial comes back with its run and is recognised as a retry.
+    runs = [Run("s-base-seed1", "base", "c.yaml", (), 1)]
+    grid = Study("pin", "base", runs)
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat=1)  # stale after 3 s without a beat
+    enqueue_grid(grid, runs, storage)
+    study_db = optuna_study(grid, storage)
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ask() outside study.optimize, experimental heartbeat functions
+        popped, fresh = study_db.ask(), study_db.ask()
+        assert popped.user_attrs == {"run": "s-base-seed1"} and "run" not in fresh.user_attrs
+        ids = {trial.number: storage_trial_id(storage, study_db, trial) for trial in (popped, fresh)}
+        assert {storage.get_trial(i).number for i in ids.values()} == {popped.number, fresh.number}
+        for trial_id in ids.values():
+            storage.record_heartbeat(trial_id)
+        time.sleep(4.2)  # SQLite's clock counts whole seconds: more than 3 s since both beats
+        storage.record_heartbeat(ids[fresh.number])
+        optuna.storages.fail_stale_trials(study_db)
+        states = {t.number: t.state.name for t in study_db.get_trials()}
+        assert states == {popped.number: "FAIL", fresh.number: "RUNNING", 2: "WAITING"}
+        retry = study_db.ask()
+        assert retry.number == 2 and retry.user_attrs == {"run": "s-base-seed1"}
+        assert retried(storage.get_trial(storage_trial_id(storage, study_db, retry))) == popped.number
+        assert retried(storage.get_trial(ids[fresh.number])) is None
 
 
 def test_a_search_file_is_read_and_checked(tmp_path):

@@ -40,8 +40,8 @@ def test_a_student_fold_trains_on_the_blend_with_its_own_teacher_fold(tmp_path, 
     config, teacher, student = teacher_and_student_configs(tmp_path, competition, backbones["bert"])
     train_in_process(config, "experiment=teacher", "train.save_fitted=true", *TFIDF)
     seen = []
-    fit = classical.fit_member
-    monkeypatch.setattr(classical, "fit_member", lambda cfg, x, y, t: seen.append(y) or fit(cfg, x, y, t))
+    fit = classical.TfidfRidge.fit
+    monkeypatch.setattr(classical.TfidfRidge, "fit", lambda self, x, y: seen.append(y) or fit(self, x, y))
     train_in_process(config, *student, *TFIDF)
     truth = pd.read_csv(competition / "train.csv").set_index("id")["target"]
     folds = pd.read_csv(teacher / "folds.csv")

@@ -77,8 +77,8 @@ def test_disabled_tracking_writes_nothing(make_config, tmp_path, fake_wandb, mon
 
 def test_a_failing_fold_still_finishes_its_run(make_config, fake_wandb):
     cfg = load_config(make_config(tracking={"mode": "offline"}))
-    tracker = Tracker(cfg, is_main_process=True)
-    with pytest.raises(RuntimeError, match="boom"), tracker.fold_run(0):
+    tracker = Tracker(cfg.tracking, cfg.experiment, cfg.output_dir, is_main_process=True)
+    with pytest.raises(RuntimeError, match="boom"), tracker.fold_run(0, cfg.to_dict()):
         tracker.log({"val/rmse": 1.0}, step=1)
         raise RuntimeError("boom")
     (run,) = fake_wandb.runs
@@ -89,14 +89,14 @@ def test_a_failing_fold_still_finishes_its_run(make_config, fake_wandb):
 
 def test_only_the_main_process_tracks(make_config, fake_wandb):
     cfg = load_config(make_config(tracking={"mode": "offline"}))
-    assert Tracker(cfg, is_main_process=True).enabled
-    other = Tracker(cfg, is_main_process=False)
+    assert Tracker(cfg.tracking, cfg.experiment, cfg.output_dir, is_main_process=True).enabled
+    other = Tracker(cfg.tracking, cfg.experiment, cfg.output_dir, is_main_process=False)
     assert not other.enabled
-    with other.fold_run(0) as run:
+    with other.fold_run(0, cfg.to_dict()) as run:
         assert run is None
         other.log({"val/rmse": 1.0}, step=1)
         other.summarize({"best_val_rmse": 1.0})
-    other.log_cv({"metric": "rmse"}, {}, {})
+    other.log_cv({"metric": "rmse"}, {}, {}, cfg.to_dict())
     assert fake_wandb.runs == []
 
 

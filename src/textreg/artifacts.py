@@ -1,4 +1,5 @@
-"""Artefacts of a run: one folder per experiment, one subfolder per fold, merged into OOF, metrics, submission.
+"""The run folder: one folder per experiment, one subfolder per fold, merged into OOF, metrics, submission. This
+module alone knows its layout: every other module asks a `RunFolder` for a path, a file or a check.
 
 outputs/<experiment>/config.yaml          resolved config
                     folds.csv            fold assignment (id, fold)
@@ -22,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,20 +31,24 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from textreg import plots
-from textreg.config import Config, changed_keys, is_run_key, save_config, validate
+from textreg.config import Config, DataConfig, changed_keys, dump, is_run_key, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
-from textreg.files import atomic_write, folder_lock, write_csv, write_json
+from textreg.files import atomic_write, check_safetensors, folder_lock, write_csv, write_json, write_text
 from textreg.metrics import per_target, score
-from textreg.records import FoldResult, read_history
+from textreg.records import FoldResult, ValidationEvent, read_history
 from textreg.submission import make_submission
 
 RUN_FORMAT = 1  # the layout of a run folder; bump it when that changes, so old folders are refused clearly
 FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
+
+
+def fold_column(target: str, fold: int) -> str:
+    """The column of fold `fold`'s prediction of `target` in a file of per-fold predictions."""
+    return f"{target}_fold{fold}"
 
 
 def _comparable(cfg: dict, prefix: str = "") -> dict:
@@ -54,45 +60,271 @@ def _comparable(cfg: dict, prefix: str = "") -> dict:
     }
 
 
-def check_run_dir(cfg: Config) -> None:
-    """Read-only, on every process: may this run write into its folder? Finished folds of the same config are
-    kept (a rerun resumes); another config, or another template version, is refused unless `overwrite=true`."""
-    run_dir, saved_path = cfg.run_dir, cfg.run_dir / "config.yaml"
-    if cfg.overwrite or not saved_path.is_file():
-        return
-    check_run_format(run_dir)
-    # validated, so that keys added to the template since get their defaults, as they do in `cfg`
-    saved, current = _comparable(load_run_config(run_dir).to_dict()), _comparable(cfg.to_dict())
-    if saved != current:
-        keys = sorted(changed_keys(saved, current))
-        raise UserError(
-            f"{run_dir} holds a run of another config (differs in {', '.join(keys)}); "
-            "name a new experiment (experiment=<name>) or pass overwrite=true to replace it"
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is damaged ({err}); run `python src/merge.py {path.parent}` again") from err
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """outputs/<experiment>/: the one owner of its layout, its files' formats and what "finished" means."""
+
+    path: Path
+
+    @classmethod
+    def merged_in(cls, folder: Path) -> list[RunFolder]:
+        """The run folders in `folder` whose folds have been merged at least once."""
+        return [cls(path.parent) for path in sorted(folder.glob("*/metrics.json"))]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # --- the layout
+    def fold_dir(self, fold: int) -> Path:
+        return self.path / f"fold{fold}"
+
+    def fold_file(self, fold: int, name: str) -> Path:
+        return self.fold_dir(fold) / name
+
+    def fold_of(self, fold_dir: Path) -> int:
+        """The fold number of one of this folder's fold folders."""
+        return int(fold_dir.name.removeprefix("fold"))
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.path / "backbone"
+
+    @property
+    def folds_file(self) -> Path:
+        return self.path / "folds.csv"
+
+    @property
+    def oof_file(self) -> Path:
+        return self.path / "oof.csv"
+
+    @property
+    def test_predictions_file(self) -> Path:
+        return self.path / "test_predictions.csv"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.json"
+
+    def predictions_file(self, input_path: Path) -> Path:
+        """Where `src/predict.py` writes its predictions of a file."""
+        return self.path / "predictions" / input_path.name
+
+    # --- reading
+    def finished_folds(self) -> list[int]:
+        """Folds whose last file (metrics.json, written after the others) is there."""
+        return sorted(self.fold_of(p.parent) for p in self.path.glob("fold*/metrics.json"))
+
+    def fold_metrics(self, fold: int) -> dict:
+        return _read_json(self.fold_file(fold, "metrics.json"))
+
+    def metrics(self) -> dict:
+        """The merged metrics (metrics.json at the top of the folder)."""
+        return _read_json(self.metrics_file)
+
+    def fold_weights(self, fold: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+        return load_file(self.fold_file(fold, "model.safetensors"), device=device)
+
+    def fold_json(self, fold: int, name: str) -> object | None:
+        """A member's extra file of a fold (`FoldResult.extra_json`); None when the fold has none of that name."""
+        path = self.fold_file(fold, name)
+        return _read_json(path) if path.is_file() else None
+
+    def load_config(self) -> Config:
+        """The saved config, validated (keys added to the template since get their defaults)."""
+        try:
+            return validate(yaml.safe_load((self.path / "config.yaml").read_text()))
+        except yaml.YAMLError as err:
+            raise UserError(f"{self.path}/config.yaml is damaged ({err})") from err
+
+    def config(self) -> Config:
+        """The config of a run folder of this template's format."""
+        if not (self.path / "config.yaml").is_file():
+            raise UserError(f"{self.path} is not a run folder (no config.yaml)")
+        self.check_format()
+        return self.load_config()
+
+    # --- checks
+    def check_format(self) -> None:
+        path = self.path / "run.json"
+        found = _read_json(path).get("run_format") if path.is_file() else None
+        if found != RUN_FORMAT:
+            raise UserError(
+                f"{self.path} was written by another version of this template (run format {found}, this one reads "
+                f"{RUN_FORMAT}); train it again under a new experiment name, or pass overwrite=true"
+            )
+
+    def check_fold(self, fold: int) -> None:
+        """Every file of a finished fold is there, and the checkpoint's header reads."""
+        fold_dir = self.fold_dir(fold)
+        again = f"delete {fold_dir} and train the fold again (folds=[{fold}])"
+        missing = [name for name in FOLD_FILES if not (fold_dir / name).is_file()]
+        if missing:
+            raise UserError(f"{fold_dir}: missing {missing}; {again}")
+        try:
+            check_safetensors(fold_dir / "model.safetensors")
+        except Exception as err:  # safetensors raises its own error types for a damaged header
+            raise UserError(f"{fold_dir}/model.safetensors is corrupt ({err}); {again}") from err
+
+    def require_finished(self, weights: bool = True) -> Config:
+        """The one notion of a finished run: a run folder of this template's format whose every fold is finished
+        and whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if
+        not. `weights=False`: the folds' files need not be here (their predictions are), for runs trained elsewhere."""
+        cfg = self.config()
+        missing = sorted(set(range(cfg.cv.n_folds)) - set(self.finished_folds()))
+        if missing:
+            raise UserError(f"{self.path}: folds {missing} are not finished; train them (folds={missing})")
+        merged = [self.metrics_file, self.oof_file, self.test_predictions_file]
+        if not all(path.is_file() for path in merged) or self.metrics().get("folds_missing") != []:
+            raise UserError(f"{self.path}: its folds are not merged; run `python src/merge.py {self.path}`")
+        if weights:
+            for fold in range(cfg.cv.n_folds):
+                self.check_fold(fold)
+        return cfg
+
+    def is_finished(self) -> bool:
+        try:
+            self.require_finished()
+        except UserError:
+            return False
+        return True
+
+    def check_writable(self, config: dict) -> None:
+        """Read-only, on every process: may a run of `config` (a resolved config's dict, with `overwrite`) write
+        here? Finished folds of the same config are kept (a rerun resumes); another config, or another template
+        version, is refused unless `overwrite=true`."""
+        if config["overwrite"] or not (self.path / "config.yaml").is_file():
+            return
+        self.check_format()
+        # validated, so that keys added to the template since get their defaults, as they do in `config`
+        saved, current = _comparable(self.load_config().to_dict()), _comparable(config)
+        if saved != current:
+            keys = sorted(changed_keys(saved, current))
+            raise UserError(
+                f"{self.path} holds a run of another config (differs in {', '.join(keys)}); "
+                "name a new experiment (experiment=<name>) or pass overwrite=true to replace it"
+            )
+
+    # --- writing (main process only)
+    def prepare(self, config: Config, environment: dict) -> None:
+        """After `check_writable`: create (or with overwrite, replace) the folder; record the config and, for every
+        launch into it, where and with what it ran."""
+        if config.overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(dump(config), self.path / "config.yaml")
+        path = self.path / "run.json"
+        with folder_lock(self.path):  # launches into one folder at once: each adds its entry to the others'
+            launches = json.loads(path.read_text())["launches"] if path.is_file() else []
+            write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
+
+    def save_fold(
+        self,
+        result: FoldResult,
+        data: DataConfig,
+        metric: str,
+        valid: pd.DataFrame,
+        test_ids: pd.Series,
+        train_ids: pd.Series,
+    ) -> None:
+        """A fold's files; metrics.json last, which marks the fold finished."""
+        targets, fold_dir = data.target_columns, self.fold_dir(result.fold)
+        state = {k: v.contiguous() for k, v in result.state.items()}
+        atomic_write(fold_dir / "model.safetensors", lambda tmp: save_file(state, tmp))
+        for name, content in result.extra_json.items():
+            write_json(content, fold_dir / name)
+        if result.fitted_pred is not None:
+            fitted = pd.DataFrame(result.fitted_pred, columns=[f"{t}_pred" for t in targets])
+            fitted.insert(0, data.id_column, train_ids.to_numpy())
+            write_csv(fitted, fold_dir / "fitted.csv")
+        oof = valid[[data.id_column, "fold", *targets, "text_length"]].copy()
+        oof[[f"{t}_pred" for t in targets]] = result.valid_pred
+        write_csv(oof, fold_dir / "oof.csv")
+        test = pd.DataFrame(result.test_pred, columns=targets)
+        test.insert(0, data.id_column, test_ids.to_numpy())
+        write_csv(test, fold_dir / "test.csv")
+        write_json(
+            {
+                "fold": result.fold,
+                "metric": metric,
+                "score": result.best_score,
+                "per_target": _by_target(targets, metric, valid[targets].to_numpy(), result.valid_pred),
+                "best_step": result.best_step,
+                "train_seconds": round(result.train_seconds, 1),
+                "train_samples_per_second": round(result.train_samples_per_second, 2),
+                "history": [event.to_dict() for event in result.history],
+            },
+            fold_dir / "metrics.json",
         )
 
+    def merge(self) -> dict:
+        """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there. One
+        launch at a time: a launch that saw fewer folds never writes its merge over a later one's."""
+        with folder_lock(self.path):
+            return self._merge()
 
-def check_run_format(run_dir: Path) -> None:
-    path = run_dir / "run.json"
-    found = _read_json(path).get("run_format") if path.is_file() else None
-    if found != RUN_FORMAT:
-        raise UserError(
-            f"{run_dir} was written by another version of this template (run format {found}, this one reads "
-            f"{RUN_FORMAT}); train it again under a new experiment name, or pass overwrite=true"
-        )
+    def _merge(self) -> dict:
+        cfg = self.config()
+        id_col, targets = cfg.data.id_column, cfg.data.target_columns
+        done = self.finished_folds()
+        if not done:
+            raise UserError(f"{self.path} holds no finished fold")
+        for k in done:
+            self.check_fold(k)
+        missing = sorted(set(range(cfg.cv.n_folds)) - set(done))
+        oof = pd.concat([read_csv(self.fold_file(k, "oof.csv")) for k in done], ignore_index=True)
+        write_csv(oof, self.oof_file)
+        tests = [read_csv(self.fold_file(k, "test.csv")) for k in done]
+        test_pred = np.mean([t[targets].to_numpy() for t in tests], axis=0)
+        merged = tests[0][[id_col]].copy()
+        for k, t in zip(done, tests, strict=True):
+            merged[[fold_column(c, k) for c in targets]] = t[targets].to_numpy()
+        merged[targets] = test_pred
+        write_csv(merged, self.test_predictions_file)
+
+        fold_metrics = {k: self.fold_metrics(k) for k in done}
+        fold_scores = [m["score"] for m in fold_metrics.values()]
+        truth, pred = oof[targets].to_numpy(), oof[[f"{t}_pred" for t in targets]].to_numpy()
+        metrics = {
+            "experiment": cfg.experiment,
+            "metric": cfg.metric,
+            "cv_score": score(cfg.metric, truth, pred),
+            "cv_per_target": _by_target(targets, cfg.metric, truth, pred),
+            "fold_score_mean": float(np.mean(fold_scores)),
+            "fold_score_std": float(np.std(fold_scores)),
+            "folds_done": done,
+            "folds_missing": missing,
+            "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics.values()), 1),
+            "folds": {k: {key: v for key, v in m.items() if key != "history"} for k, m in fold_metrics.items()},
+        }
+        if not missing:
+            sample = load_sample_submission(cfg.data)
+            submission = make_submission(sample, merged[id_col], test_pred, id_col, targets)
+            path = cfg.submission_dir / f"{cfg.experiment}.csv"
+            write_csv(submission, path)
+            metrics["submission"] = str(path)
+        histories = {k: read_history(m) for k, m in fold_metrics.items()}
+        metrics["plots"] = {k: str(v) for k, v in plots.save_all(self.path, oof, histories, metrics, targets).items()}
+        write_json(metrics, self.metrics_file)
+        return metrics
+
+    def fold_histories(self) -> list[list[ValidationEvent]]:
+        """The validation curve of each finished fold that the merged metrics count."""
+        return [read_history(self.fold_metrics(fold)) for fold in self.metrics()["folds_done"]]
 
 
-def prepare_run_dir(cfg: Config, environment: dict) -> None:
-    """Main process only, after `check_run_dir`: create (or with overwrite, replace) the folder; record the
-    config and, for every launch into it, where and with what it ran."""
-    run_dir = cfg.run_dir
-    if cfg.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    path = run_dir / "run.json"
-    with folder_lock(run_dir):  # launches into one folder at once: each adds its entry to the others'
-        launches = json.loads(path.read_text())["launches"] if path.is_file() else []
-        write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
+def _by_target(targets: list[str], metric: str, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    return dict(zip(targets, per_target(metric, truth, pred).tolist(), strict=True))
 
 
 def describe_environment(folds: list[int], launch: dict) -> dict:
@@ -122,162 +354,3 @@ def describe_environment(folds: list[int], launch: dict) -> dict:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         **launch,
     }
-
-
-def save_fold(
-    run_dir: Path, cfg: Config, result: FoldResult, valid: pd.DataFrame, test_ids: pd.Series, train_ids: pd.Series
-) -> None:
-    targets = cfg.data.target_columns
-    fold_dir = run_dir / f"fold{result.fold}"
-    state = {k: v.contiguous() for k, v in result.state.items()}
-    atomic_write(fold_dir / "model.safetensors", lambda tmp: save_file(state, tmp))
-    for name, content in result.extra_json.items():
-        write_json(content, fold_dir / name)
-    if result.fitted_pred is not None:
-        fitted = pd.DataFrame(result.fitted_pred, columns=[f"{t}_pred" for t in targets])
-        fitted.insert(0, cfg.data.id_column, train_ids.to_numpy())
-        write_csv(fitted, fold_dir / "fitted.csv")
-    oof = valid[[cfg.data.id_column, "fold", *targets, "text_length"]].copy()
-    oof[[f"{t}_pred" for t in targets]] = result.valid_pred
-    write_csv(oof, fold_dir / "oof.csv")
-    test = pd.DataFrame(result.test_pred, columns=targets)
-    test.insert(0, cfg.data.id_column, test_ids.to_numpy())
-    write_csv(test, fold_dir / "test.csv")
-    write_json(
-        {
-            "fold": result.fold,
-            "metric": cfg.metric,
-            "score": result.best_score,
-            "per_target": _by_target(cfg, valid[targets].to_numpy(), result.valid_pred),
-            "best_step": result.best_step,
-            "train_seconds": round(result.train_seconds, 1),
-            "train_samples_per_second": round(result.train_samples_per_second, 2),
-            "history": [event.to_dict() for event in result.history],
-        },
-        fold_dir / "metrics.json",
-    )
-
-
-def _by_target(cfg: Config, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    return dict(zip(cfg.data.target_columns, per_target(cfg.metric, truth, pred).tolist(), strict=True))
-
-
-def finished_folds(run_dir: Path) -> list[int]:
-    """Folds whose last file (metrics.json, written after the others) is there."""
-    return sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/metrics.json"))
-
-
-def open_run(run_dir: Path) -> Config:
-    """The config of a run folder of this template's format."""
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
-    check_run_format(run_dir)
-    return load_run_config(run_dir)
-
-
-def require_finished(run_dir: Path, weights: bool = True) -> Config:
-    """The one notion of a finished run: a run folder of this template's format whose every fold is finished and
-    whose folds are merged (metrics.json with no fold missing). Returns its config; says what is missing if not.
-    `weights=False`: the folds' files need not be here (their predictions are), for runs trained elsewhere."""
-    cfg = open_run(run_dir)
-    missing = sorted(set(range(cfg.cv.n_folds)) - set(finished_folds(run_dir)))
-    if missing:
-        raise UserError(f"{run_dir}: folds {missing} are not finished; train them (folds={missing})")
-    merged = [run_dir / name for name in ("metrics.json", "oof.csv", "test_predictions.csv")]
-    if not all(path.is_file() for path in merged) or _read_json(merged[0]).get("folds_missing") != []:
-        raise UserError(f"{run_dir}: its folds are not merged; run `python src/merge.py {run_dir}`")
-    if weights:
-        for fold in range(cfg.cv.n_folds):
-            check_fold_dir(run_dir / f"fold{fold}")
-    return cfg
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is damaged ({err}); run `python src/merge.py {path.parent}` again") from err
-
-
-def is_finished(run_dir: Path) -> bool:
-    try:
-        require_finished(run_dir)
-    except UserError:
-        return False
-    return True
-
-
-def check_fold_dir(fold_dir: Path) -> None:
-    """Every file of a finished fold is there, and the checkpoint's header reads."""
-    missing = [name for name in FOLD_FILES if not (fold_dir / name).is_file()]
-    if missing:
-        raise UserError(f"{fold_dir}: missing {missing}; {_train_again(fold_dir)}")
-    try:
-        with safe_open(fold_dir / "model.safetensors", framework="pt") as checkpoint:
-            checkpoint.keys()
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise UserError(f"{fold_dir}/model.safetensors is corrupt ({err}); {_train_again(fold_dir)}") from err
-
-
-def _train_again(fold_dir: Path) -> str:
-    return f"delete {fold_dir} and train the fold again (folds=[{fold_dir.name[4:]}])"
-
-
-def load_run_config(run_dir: Path) -> Config:
-    try:
-        return validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    except yaml.YAMLError as err:
-        raise UserError(f"{run_dir}/config.yaml is damaged ({err})") from err
-
-
-def finalize(run_dir: Path) -> dict:
-    """Merge the finished folds: OOF, test predictions, metrics; the submission once every fold is there. One
-    launch at a time: a launch that saw fewer folds never writes its merge over a later one's."""
-    with folder_lock(run_dir):
-        return _merge(run_dir)
-
-
-def _merge(run_dir: Path) -> dict:
-    cfg = open_run(run_dir)
-    id_col, targets = cfg.data.id_column, cfg.data.target_columns
-    done = finished_folds(run_dir)
-    if not done:
-        raise UserError(f"{run_dir} holds no finished fold")
-    for k in done:
-        check_fold_dir(run_dir / f"fold{k}")
-    missing = sorted(set(range(cfg.cv.n_folds)) - set(done))
-    oof = pd.concat([read_csv(run_dir / f"fold{k}" / "oof.csv") for k in done], ignore_index=True)
-    write_csv(oof, run_dir / "oof.csv")
-    tests = [read_csv(run_dir / f"fold{k}" / "test.csv") for k in done]
-    test_pred = np.mean([t[targets].to_numpy() for t in tests], axis=0)
-    merged = tests[0][[id_col]].copy()
-    for k, t in zip(done, tests, strict=True):
-        merged[[f"{c}_fold{k}" for c in targets]] = t[targets].to_numpy()
-    merged[targets] = test_pred
-    write_csv(merged, run_dir / "test_predictions.csv")
-
-    fold_metrics = {k: json.loads((run_dir / f"fold{k}" / "metrics.json").read_text()) for k in done}
-    fold_scores = [m["score"] for m in fold_metrics.values()]
-    truth, pred = oof[targets].to_numpy(), oof[[f"{t}_pred" for t in targets]].to_numpy()
-    metrics = {
-        "experiment": cfg.experiment,
-        "metric": cfg.metric,
-        "cv_score": score(cfg.metric, truth, pred),
-        "cv_per_target": _by_target(cfg, truth, pred),
-        "fold_score_mean": float(np.mean(fold_scores)),
-        "fold_score_std": float(np.std(fold_scores)),
-        "folds_done": done,
-        "folds_missing": missing,
-        "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics.values()), 1),
-        "folds": {k: {key: v for key, v in m.items() if key != "history"} for k, m in fold_metrics.items()},
-    }
-    if not missing:
-        sample = load_sample_submission(cfg)
-        submission = make_submission(sample, merged[id_col], test_pred, id_col, targets)
-        path = cfg.submission_dir / f"{cfg.experiment}.csv"
-        write_csv(submission, path)
-        metrics["submission"] = str(path)
-    histories = {k: read_history(m) for k, m in fold_metrics.items()}
-    metrics["plots"] = {k: str(v) for k, v in plots.save_all(run_dir, oof, histories, metrics, targets).items()}
-    write_json(metrics, run_dir / "metrics.json")
-    return metrics

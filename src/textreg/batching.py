@@ -134,6 +134,30 @@ def train_loader(dataset: TextDataset, batch_size: int, seed: int, bucketing: bo
     )
 
 
+class TextBatcher:
+    """Texts to batches with one tokenizer: every place that batches texts (training, prediction from a run folder,
+    frozen embeddings, masked-LM pretraining, the diagnostics) builds them here, with the same rules."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_len: int, pad_to_multiple_of: int | None = None):
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.separator = separator(tokenizer)
+        self.collate = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return tokenize(self.tokenizer, texts, self.max_len)
+
+    def eval_loader(self, input_ids: list[list[int]], rows: np.ndarray, batch_size: int) -> DataLoader:
+        return eval_loader(input_ids, rows, batch_size, self.collate)
+
+    def texts_loader(self, texts: Sequence[str], batch_size: int) -> DataLoader:
+        """Every text, tokenized, in length-sorted batches; predictions come back in place by `row`."""
+        return self.eval_loader(self.tokenize(texts), np.arange(len(texts)), batch_size)
+
+    def train_loader(self, dataset: TextDataset, batch_size: int, seed: int, bucketing: bool = True) -> DataLoader:
+        return train_loader(dataset, batch_size, seed, bucketing, self.collate)
+
+
 def eval_loader(input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator) -> DataLoader:
     """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
     order = sorted(rows, key=lambda r: len(input_ids[int(r)]))

@@ -17,8 +17,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from sklearn.linear_model import Ridge
 
-from textreg import artifacts
-from textreg.config import Config
+from textreg.artifacts import RunFolder
+from textreg.config import Config, TrackingConfig
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
 from textreg.files import read_json, write_csv, write_json
@@ -79,7 +79,9 @@ METHODS: dict[str, Callable[[np.ndarray, np.ndarray], Blend]] = {
 
 
 @dataclass
-class Member:
+class MemberRun:
+    """A finished run in an ensemble: its OOF and test predictions, keyed by its folder name."""
+
     name: str
     run_dir: Path
     cfg: Config
@@ -87,17 +89,17 @@ class Member:
     test: pd.DataFrame  # indexed by id: <target>
 
 
-def load_members(run_dirs: list[Path], weights: bool = True) -> list[Member]:
+def load_members(run_dirs: list[Path], weights: bool = True) -> list[MemberRun]:
     """Finished experiments trained on the same folds, with the same ids and targets; `weights=False`: their fold
     weights need not be here (a blend scored from predictions alone cannot predict new files)."""
     _check_names(run_dirs)
     members = []
     for run_dir in run_dirs:
-        cfg = artifacts.require_finished(run_dir, weights)
+        cfg = RunFolder(run_dir).require_finished(weights)
         id_col = cfg.data.id_column
         oof = read_csv(run_dir / "oof.csv").set_index(id_col).sort_index()
         test = read_csv(run_dir / "test_predictions.csv").set_index(id_col)
-        members.append(Member(run_dir.name, run_dir, cfg, oof, test))
+        members.append(MemberRun(run_dir.name, run_dir, cfg, oof, test))
     _check_blendable(members)
     return members
 
@@ -112,7 +114,7 @@ def _check_names(run_dirs: list[Path]) -> None:
         raise UserError(f"an ensemble's members need distinct folder names: {twice} given more than once")
 
 
-def _check_blendable(members: list[Member]) -> None:
+def _check_blendable(members: list[MemberRun]) -> None:
     """One competition, target and metric, OOF predictions of the same ids, each row in the same fold."""
     first = members[0]
     for other in members[1:]:
@@ -133,7 +135,7 @@ def _check_blendable(members: list[Member]) -> None:
             )
 
 
-def _matrix(members: list[Member], frame: str, column: str) -> np.ndarray:
+def _matrix(members: list[MemberRun], frame: str, column: str) -> np.ndarray:
     return np.column_stack([getattr(m, frame)[column].to_numpy() for m in members])
 
 
@@ -146,7 +148,7 @@ def nested_oof(method: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> 
     return pred
 
 
-def fit(members: list[Member]) -> dict:
+def fit(members: list[MemberRun]) -> dict:
     """Nested-CV score of every method, the best one refitted on all OOF rows, and each member's own score."""
     cfg, oof = members[0].cfg, members[0].oof
     targets, folds = cfg.data.target_columns, oof["fold"].to_numpy()
@@ -206,11 +208,11 @@ def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Pat
     write_csv(oof.reset_index(), folder / "oof.csv")
     ids = members[0].test.index
     blended = apply(report["blends"], {m.name: m.test.loc[ids] for m in members}, targets)
-    submission = make_submission(load_sample_submission(cfg), pd.Series(ids), blended, id_col, targets)
+    submission = make_submission(load_sample_submission(cfg.data), pd.Series(ids), blended, id_col, targets)
     for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
         write_csv(submission, path)
     write_json(report, folder / "weights.json")
-    _track(cfg, report, folder)
+    _track(cfg.tracking, output_dir, report, folder)
     return report
 
 
@@ -218,9 +220,9 @@ def _pred_frame(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     return pd.DataFrame({t: oof[f"{t}_pred"] for t in targets}, index=oof.index)
 
 
-def _track(cfg: Config, report: dict, folder: Path) -> None:
+def _track(tracking: TrackingConfig, output_dir: Path, report: dict, folder: Path) -> None:
     """The ensemble as a W&B run of its own group (job_type "ensemble"), when tracking is on."""
-    tracker = Tracker(cfg.model_copy(update={"experiment": report["name"]}), is_main_process=True)
+    tracker = Tracker(tracking, report["name"], output_dir, is_main_process=True)
     if not tracker.enabled:
         return
     with tracker.open_run("ensemble", report["name"], {"members": report["member_dirs"], "method": report["method"]}):
@@ -239,7 +241,7 @@ def predict_with_weights(weights_path: Path, input_path: Path, members_root: Pat
     }
     per_member = {name: predict_file(run_dir, input_path) for name, run_dir in dirs.items()}
     first = next(iter(per_member.values()))
-    cfg = artifacts.load_run_config(next(iter(dirs.values())))
+    cfg = RunFolder(next(iter(dirs.values()))).load_config()
     targets = cfg.data.target_columns
     result = first[[cfg.data.id_column]].copy()
     result[targets] = apply(report["blends"], per_member, targets)

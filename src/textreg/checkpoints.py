@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from safetensors import safe_open
 
 from textreg.config import MINUTES
 from textreg.errors import UserError
-from textreg.files import atomic_write
+from textreg.files import atomic_write, check_safetensors
 from textreg.records import ValidationEvent
 
 PROGRESS_FILE = "progress.pt"
@@ -73,19 +72,18 @@ def complete(fold_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def check_latest(fold_dir: Path) -> None:
-    """Read-only, before anything is written: the checkpoint a rerun would resume from is readable."""
+def check_latest(fold_dir: Path, fold: int) -> None:
+    """Read-only, before anything is written: the checkpoint a rerun of fold `fold` would resume from is readable."""
     found = complete(fold_dir)
     if not found:
         return
     try:
         torch.load(found[-1] / PROGRESS_FILE, weights_only=True)
-        with safe_open(found[-1] / "model.safetensors", framework="pt") as weights:
-            weights.keys()
+        check_safetensors(found[-1] / "model.safetensors")
     except Exception as err:  # torch and safetensors raise their own error types for a damaged file
         raise UserError(
             f"{found[-1]} is damaged ({type(err).__name__}); delete that folder to resume from an earlier "
-            f"checkpoint or start fold {fold_dir.name[4:]} over"
+            f"checkpoint or start fold {fold} over"
         ) from err
 
 
@@ -137,7 +135,7 @@ def remove_all(fold_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class Schedule:
+class CheckpointSchedule:
     """When to save: every N optimizer steps, or every N minutes. Minutes become steps once, from the speed of the
     main process over the first CALIBRATION_STEPS steps, shared with the others in one broadcast: the processes
     must agree on when to save, and reading a clock every step would make them talk every step."""

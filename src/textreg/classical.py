@@ -13,23 +13,22 @@ that predicting needs (`backbone/`: the tokenizer, and for embeddings the backbo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from transformers import AutoModel
 
-from textreg.batching import Collator, eval_loader, tokenize
-from textreg.config import Config, GBMConfig
+from textreg.batching import TextBatcher
+from textreg.config import GBMConfig, ModelConfig, TrainConfig
 from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import launched_processes, set_threads
+from textreg.members import Task
 from textreg.metrics import per_target, score
 from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
 from textreg.prediction import predict_rows
@@ -104,73 +103,56 @@ def predict_gbm(state: dict, features: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def embed(backbone_dir: str | Path, texts: list[str], max_len: int, batch_size: int) -> np.ndarray:
     """Mean-pooled last hidden states of the frozen, pretrained backbone."""
-    tokenizer = load_tokenizer(str(backbone_dir))
+    batcher = TextBatcher(load_tokenizer(str(backbone_dir)), max_len)
     backbone = AutoModel.from_pretrained(backbone_dir).eval()
-    loader = eval_loader(
-        tokenize(tokenizer, texts, max_len), np.arange(len(texts)), batch_size, Collator(tokenizer.pad_token_id)
-    )
 
     def forward(batch: dict) -> torch.Tensor:
         hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return mean_pool(hidden, batch["attention_mask"])
 
-    return predict_rows(forward, loader, len(texts))
-
-
-def member_inputs(cfg: Config, backbone_dir: str | Path, texts: list[str]) -> np.ndarray:
-    """What the member fits on, one row per text: the texts themselves for TF-IDF (its vocabulary is each fold's
-    own), else features that do not depend on the fold, computed once."""
-    if cfg.model.kind == "embedding_ridge":
-        return embed(backbone_dir, texts, cfg.model.max_len, cfg.train.eval_batch_size)
-    if cfg.model.kind == "features_gbm":
-        return feature_matrix(texts, load_tokenizer(str(backbone_dir)))
-    return np.array(texts, dtype=object)
-
-
-def predict_member(cfg: Config, state: dict, vocabulary: list[str] | None, inputs: np.ndarray) -> np.ndarray:
-    if cfg.model.kind == "tfidf_ridge":
-        return predict_tfidf_ridge(state, vocabulary, inputs)
-    if cfg.model.kind == "features_gbm":
-        return predict_gbm(state, inputs)
-    return predict_ridge(state, inputs)
-
-
-def predict_folds(cfg: Config, run_dir: Path, texts: list[str], folds: list[int]) -> dict[int, np.ndarray]:
-    """Each fold's predictions for `texts`, from the run folder alone."""
-    backbone = run_dir / "backbone"
-    if not backbone.is_dir() and cfg.model.kind != "tfidf_ridge":  # a run folder made before members kept theirs
-        backbone = resolve_backbone(cfg.model.backbone)
-    inputs = member_inputs(cfg, backbone, texts)
-    predictions = {}
-    for fold in folds:
-        fold_dir = run_dir / f"fold{fold}"
-        vocabulary = fold_dir / "vocabulary.json"
-        vocabulary = json.loads(vocabulary.read_text()) if vocabulary.is_file() else None
-        predictions[fold] = predict_member(cfg, load_file(fold_dir / "model.safetensors"), vocabulary, inputs)
-    return predictions
+    return predict_rows(forward, batcher.texts_loader(texts, batch_size), len(texts))
 
 
 class ClassicalMember:
     """A classical member, fitted fold by fold in one process, with the same fold loop and run folder as a
-    fine-tuned backbone."""
+    fine-tuned backbone. A kind says what it fits on (`inputs`), how it fits (`fit`) and predicts (`predict`)."""
 
     separator = " "
+    batch_size = None
     is_main_process = True
     print = staticmethod(print)
+    uses_backbone = True  # its features need the backbone's tokenizer (kept in the run folder's backbone/)
+    keeps_backbone_weights = False  # they need its weights too
+    extra_files: tuple[str, ...] = ()  # the fold files `fit` writes besides the checkpoint
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, model: ModelConfig, train: TrainConfig, task: Task) -> None:
         if launched_processes() > 1:
             raise UserError(
-                f"model.kind={cfg.model.kind} fits in one process: run it with `python src/train.py`, not under a "
+                f"model.kind={model.kind} fits in one process: run it with `python src/train.py`, not under a "
                 "launcher of several processes"
             )
-        self.cfg = cfg
+        self.model, self.train, self.task = model, train, task
         self.backbone_path = None
-        if cfg.model.kind != "tfidf_ridge":  # checked before anything is written: a UserError if it does not load
-            self.backbone_path, _ = load_backbone_config(cfg.model)
+        if self.uses_backbone:  # checked before anything is written: a UserError if it does not load
+            self.backbone_path, _ = load_backbone_config(model)
             self.tokenizer = load_tokenizer(self.backbone_path)
-        self.threads = set_threads(cfg.train.threads)
+        self.threads = set_threads(train.threads)
 
+    # --- what a kind defines
+    @classmethod
+    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]):
+        """What the kind fits on, one row per text, computed once for every fold."""
+        return np.array(texts, dtype=object)
+
+    def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+        """One fold's checkpoint (tensors) and any other file of the fold (name -> JSON)."""
+        raise NotImplementedError
+
+    @classmethod
+    def predict(cls, state: dict, extra: dict, inputs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- the member protocol (textreg.members.Member)
     def wait_for_everyone(self) -> None:
         """One process: nobody to wait for."""
 
@@ -178,7 +160,7 @@ class ClassicalMember:
         return {"processes": 1, "mixed_precision": "no", "threads": self.threads}
 
     def announce(self) -> str:
-        return f"{self.cfg.model.kind} on {self.threads} CPU thread(s)"
+        return f"{self.model.kind} on {self.threads} CPU thread(s)"
 
     def save_assets(self, folder: Path) -> None:
         """The backbone the features need again at prediction time: its tokenizer, and for embeddings its weights."""
@@ -187,7 +169,7 @@ class ClassicalMember:
 
         def write(tmp: Path) -> None:
             self.tokenizer.save_pretrained(tmp)
-            if self.cfg.model.kind == "embedding_ridge":
+            if self.keeps_backbone_weights:
                 AutoModel.from_pretrained(self.backbone_path).save_pretrained(tmp)
 
         write_folder_once(folder, write)
@@ -197,8 +179,8 @@ class ClassicalMember:
     ) -> None:
         """`pseudo_texts` is always empty: the config refuses pseudo-labels for a classical member."""
         tick = time.perf_counter()
-        self.inputs = member_inputs(self.cfg, self.backbone_path, texts)
-        self.test_inputs = member_inputs(self.cfg, self.backbone_path, test_texts)
+        self.fit_inputs = self.inputs(self.model, self.train, self.backbone_path, texts)
+        self.test_inputs = self.inputs(self.model, self.train, self.backbone_path, test_texts)
         self.targets = targets.astype(np.float64)
         # computing the features is each fold's cost too: shared out, so that fold times add up to the wall time
         self.shared_seconds = (time.perf_counter() - tick) / max(1, folds_to_fit)
@@ -213,19 +195,21 @@ class ClassicalMember:
         pseudo: tuple[np.ndarray, float] | None = None,
     ) -> FoldResult:
         """Fit on `targets` of the training rows (a teacher's blend, with distillation); score on the truth."""
-        cfg, tick = self.cfg, time.perf_counter()
-        state, extra, predict = fit_member(cfg, self.inputs[train_rows], targets[train_rows], self.threads)
-        valid_pred, test_pred = predict(self.inputs[valid_rows]), predict(self.test_inputs)
+        metric, tick = self.task.metric, time.perf_counter()
+        state, extra = self.fit(self.fit_inputs[train_rows], targets[train_rows])
+        valid_pred = self.predict(state, extra, self.fit_inputs[valid_rows])
+        test_pred = self.predict(state, extra, self.test_inputs)
         seconds = time.perf_counter() - tick + self.shared_seconds
         truth = self.targets[valid_rows]
         event = ValidationEvent(
             step=1,
             epoch=1.0,
-            val_score=score(cfg.metric, truth, valid_pred),
-            val_per_target=per_target(cfg.metric, truth, valid_pred).tolist(),
+            val_score=score(metric, truth, valid_pred),
+            val_per_target=per_target(metric, truth, valid_pred).tolist(),
             samples_per_second=len(train_rows) / seconds,
         )
         listener(event)
+        fitted = self.predict(state, extra, self.fit_inputs[train_rows]) if self.train.save_fitted else None
         return FoldResult(
             fold=fold,
             best_score=event.val_score,
@@ -237,17 +221,72 @@ class ClassicalMember:
             train_samples_per_second=event.samples_per_second,
             history=[event],
             extra_json=extra,
-            fitted_pred=predict(self.inputs[train_rows]) if cfg.train.save_fitted else None,
+            fitted_pred=fitted,
         )
 
+    @classmethod
+    def predict_folds(
+        cls,
+        model: ModelConfig,
+        train: TrainConfig,
+        task: Task,
+        texts_with: Callable[[str], list[str]],
+        folds: list[int],
+    ) -> dict[int, np.ndarray]:
+        """Each fold's predictions for the texts, from the run folder alone."""
+        run, backbone = task.run, task.run.backbone_dir
+        if cls.uses_backbone and not backbone.is_dir():  # a run folder made before members kept theirs
+            backbone = resolve_backbone(model.backbone)
+        inputs = cls.inputs(model, train, backbone if cls.uses_backbone else None, texts_with(cls.separator))
+        predictions = {}
+        for fold in folds:
+            extra = {name: run.fold_json(fold, name) for name in cls.extra_files}
+            predictions[fold] = cls.predict(run.fold_weights(fold), extra, inputs)
+        return predictions
 
-def fit_member(cfg: Config, inputs: np.ndarray, targets: np.ndarray, threads: int) -> tuple[dict, dict, Callable]:
-    """Fit one fold: the checkpoint, any other file of the fold (a vocabulary), and a predictor made from them."""
-    if cfg.model.kind == "tfidf_ridge":
-        state, vocabulary = fit_tfidf_ridge(inputs, targets, cfg.model.ridge_alpha)
-        return state, {"vocabulary.json": vocabulary}, lambda rows: predict_tfidf_ridge(state, vocabulary, rows)
-    if cfg.model.kind == "features_gbm":
-        state = fit_gbm(inputs, targets, cfg.model.gbm, cfg.seed, threads)
-    else:
-        state = fit_ridge(inputs, targets, cfg.model.ridge_alpha)
-    return state, {}, lambda rows: predict_member(cfg, state, None, rows)
+
+class TfidfRidge(ClassicalMember):
+    """`model.kind: tfidf_ridge`: word 1-2-gram TF-IDF fitted on each fold's own training rows, then ridge."""
+
+    uses_backbone = False
+    extra_files = ("vocabulary.json",)
+
+    def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+        state, vocabulary = fit_tfidf_ridge(inputs, targets, self.model.ridge_alpha)
+        return state, {"vocabulary.json": vocabulary}
+
+    @classmethod
+    def predict(cls, state: dict, extra: dict, inputs: np.ndarray) -> np.ndarray:
+        return predict_tfidf_ridge(state, extra["vocabulary.json"], inputs)
+
+
+class EmbeddingRidge(ClassicalMember):
+    """`model.kind: embedding_ridge`: the frozen backbone's mean-pooled embeddings, then ridge."""
+
+    keeps_backbone_weights = True
+
+    @classmethod
+    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]):
+        return embed(backbone, texts, model.max_len, train.eval_batch_size)
+
+    def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+        return fit_ridge(inputs, targets, self.model.ridge_alpha), {}
+
+    @classmethod
+    def predict(cls, state: dict, extra: dict, inputs: np.ndarray) -> np.ndarray:
+        return predict_ridge(state, inputs)
+
+
+class FeaturesGbm(ClassicalMember):
+    """`model.kind: features_gbm`: hand-made readability features, then LightGBM, one booster per target."""
+
+    @classmethod
+    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]):
+        return feature_matrix(texts, load_tokenizer(str(backbone)))
+
+    def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
+        return fit_gbm(inputs, targets, self.model.gbm, self.task.seed, self.threads), {}
+
+    @classmethod
+    def predict(cls, state: dict, extra: dict, inputs: np.ndarray) -> np.ndarray:
+        return predict_gbm(state, inputs)

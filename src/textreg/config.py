@@ -122,8 +122,10 @@ class GBMConfig(_Section):
 
 
 class ModelConfig(_Section):
-    kind: Literal["transformer", "tfidf_ridge", "embedding_ridge", "features_gbm"] = Field(
-        default="transformer", description="a fine-tuned backbone, or a classical member for ensembles"
+    kind: str = Field(
+        default="transformer",
+        description="a fine-tuned backbone (transformer), or a classical member for ensembles (tfidf_ridge, "
+        "embedding_ridge, features_gbm); the registry is textreg.members",
     )
     ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge, embedding_ridge: the ridge penalty")
     gbm: GBMConfig = Field(default_factory=GBMConfig)
@@ -132,6 +134,15 @@ class ModelConfig(_Section):
     reinit_layers: int = Field(default=0, ge=0, description="re-initialise the top k layers of the backbone")
     max_len: int = Field(default=256, ge=8)
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, value: str) -> str:
+        from textreg.members import KINDS  # the registry imports no member: this stays cheap
+
+        if value not in KINDS:
+            raise ValueError(f"unknown member kind {value!r}; registered: {', '.join(KINDS)}")
+        return value
 
 
 class DistillConfig(_Section):
@@ -237,9 +248,12 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
-    def _pseudo_labels_need_a_backbone(self) -> Config:
-        if self.data.pseudo_label and self.model.kind != "transformer":
-            raise ValueError("data.pseudo_label trains a fine-tuned backbone (model.kind=transformer) only")
+    def _pseudo_labels_need_a_kind_that_learns_them(self) -> Config:
+        from textreg.members import KINDS
+
+        if self.data.pseudo_label and not KINDS[self.model.kind].pseudo_labels:
+            learners = " or ".join(f"model.kind={name}" for name, kind in KINDS.items() if kind.pseudo_labels)
+            raise ValueError(f"data.pseudo_label trains {learners} only")
         return self
 
     @model_validator(mode="after")
@@ -253,6 +267,11 @@ class Config(_Section):
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.experiment
+
+    @property
+    def folds_dir(self) -> Path:
+        """Fold assignments, shared by every experiment of the same rows and fold scheme."""
+        return self.output_dir / "folds"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -294,11 +313,6 @@ class PretrainConfig(_Section):
     model: PretrainModelConfig
     pretrain: PretrainSection
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-
-    @property
-    def experiment(self) -> str:
-        """The W&B group and run name (textreg.tracking.Tracker): the output folder's name."""
-        return self.pretrain.output.name
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -9,7 +9,7 @@ from string import Formatter
 import numpy as np
 import pandas as pd
 
-from textreg.config import Config, CVConfig, DataConfig
+from textreg.config import CVConfig, DataConfig
 from textreg.errors import UserError
 from textreg.files import write_csv
 
@@ -73,8 +73,8 @@ def _load(data: DataConfig, split: str, path: Path, required: list[str]) -> pd.D
     return df
 
 
-def load_train(cfg: Config) -> pd.DataFrame:
-    data, cv = cfg.data, cfg.cv
+def load_train(data: DataConfig, cv: CVConfig, seed: int) -> pd.DataFrame:
+    """The training file, checked; `data.subset` rows of it drawn by `seed`."""
     path = data.dir / data.train_file
     extra = [c for c in (cv.group_column, cv.stratify_column) if c]
     df = _load(data, "train", path, [*data.target_columns, *extra])
@@ -86,13 +86,13 @@ def load_train(cfg: Config) -> pd.DataFrame:
             raise UserError(f"{path}: target '{col}' is missing or not a number at row {row + 2}")
         df[col] = values.astype("float64")
     if data.subset is not None and data.subset < len(df):
-        df = df.sample(n=data.subset, random_state=cfg.seed).sort_index()
+        df = df.sample(n=data.subset, random_state=seed).sort_index()
     return df.reset_index(drop=True)
 
 
-def load_test(cfg: Config, path: Path | None = None) -> pd.DataFrame:
+def load_test(data: DataConfig, path: Path | None = None) -> pd.DataFrame:
     """The competition's test file, or any file with the same columns (`path`)."""
-    return _load(cfg.data, "test", path or cfg.data.dir / cfg.data.test_file, []).reset_index(drop=True)
+    return _load(data, "test", path or data.dir / data.test_file, []).reset_index(drop=True)
 
 
 def competition_texts(data: DataConfig, sep: str) -> list[str]:
@@ -110,10 +110,10 @@ def model_inputs(df: pd.DataFrame, data: DataConfig, sep: str) -> list[str]:
     return [data.text_template.format_map({**row, "sep": sep}) for row in df.to_dict("records")]
 
 
-def load_sample_submission(cfg: Config) -> pd.DataFrame:
-    path = cfg.data.dir / cfg.data.sample_submission_file
+def load_sample_submission(data: DataConfig) -> pd.DataFrame:
+    path = data.dir / data.sample_submission_file
     df = read_csv(path)
-    _require_columns(df, [cfg.data.id_column, *cfg.data.target_columns], path)
+    _require_columns(df, [data.id_column, *data.target_columns], path)
     return df
 
 
@@ -149,25 +149,24 @@ def make_folds(df: pd.DataFrame, cv: CVConfig, target_columns: list[str]) -> np.
     return folds
 
 
-def _folds_file(cfg: Config, ids: pd.Series) -> Path:
+def _folds_file(competition: str, cv: CVConfig, ids: pd.Series, folder: Path) -> Path:
     """One file per fold scheme and set of rows, shared by every experiment that uses them."""
-    cv = cfg.cv
     digest = hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:10]
     group = f"-{cv.group_column}" if "group" in cv.scheme else ""
     bins = f"-{cv.stratify_column or 'target0'}-bins{cv.n_bins}" if cv.scheme.startswith("stratified") else ""
-    name = f"{cfg.data.competition}-{cv.scheme}{group}-k{cv.n_folds}{bins}-seed{cv.seed}-{digest}.csv"
-    return cfg.output_dir / "folds" / name
+    name = f"{competition}-{cv.scheme}{group}-k{cv.n_folds}{bins}-seed{cv.seed}-{digest}.csv"
+    return folder / name
 
 
-def assign_folds(df: pd.DataFrame, cfg: Config, is_main: bool = True) -> pd.DataFrame:
-    """Add a `fold` column: read from the saved assignment when one exists, else made and saved."""
-    ids = df[cfg.data.id_column]
-    path = _folds_file(cfg, ids)
+def assign_folds(df: pd.DataFrame, data: DataConfig, cv: CVConfig, folder: Path, is_main: bool = True) -> pd.DataFrame:
+    """Add a `fold` column: read from the saved assignment in `folder` when one exists, else made and saved."""
+    ids = df[data.id_column]
+    path = _folds_file(data.competition, cv, ids, folder)
     if path.is_file():
-        saved = pd.read_csv(path).set_index(cfg.data.id_column)["fold"]
+        saved = pd.read_csv(path).set_index(data.id_column)["fold"]
         folds = saved.reindex(ids).to_numpy()
     else:
-        folds = make_folds(df, cfg.cv, cfg.data.target_columns)
+        folds = make_folds(df, cv, data.target_columns)
         if is_main:
-            write_csv(pd.DataFrame({cfg.data.id_column: ids, "fold": folds}), path)
+            write_csv(pd.DataFrame({data.id_column: ids, "fold": folds}), path)
     return df.assign(fold=folds.astype(int))

@@ -15,18 +15,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
 
 from textreg import checkpoints
 from textreg.averaging import WeightAverage
-from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader
-from textreg.config import Config, TrainConfig
+from textreg.batching import BucketBatchSampler, TextBatcher, TextDataset
+from textreg.config import ModelConfig, TrainConfig
 from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_cudnn_attention, set_threads
+from textreg.members import Task
 from textreg.metrics import per_target, score
 from textreg.model import (
     RegressionModel,
@@ -37,22 +39,24 @@ from textreg.model import (
     load_backbone_config,
     load_tokenizer,
 )
-from textreg.prediction import predict_rows
+from textreg.prediction import autocast, predict_rows
 from textreg.records import FoldResult, Listener, ValidationEvent
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 class TransformerMember:
-    """A fine-tuned backbone: one Accelerator per process, the texts tokenized once, a fresh model for each fold."""
+    """A fine-tuned backbone (`model.kind: transformer`): one Accelerator per process, the texts tokenized once, a
+    fresh model for each fold."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.backbone_path, self.backbone_config = load_backbone_config(cfg.model)
-        self.tokenizer = load_tokenizer(self.backbone_path)
-        self.separator = separator(self.tokenizer)
-        self.accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum)
-        self.threads = set_threads(cfg.train.threads)
+    def __init__(self, model: ModelConfig, train: TrainConfig, task: Task) -> None:
+        self.model, self.train, self.task = model, train, task
+        self.backbone_path, self.backbone_config = load_backbone_config(model)
+        self.batcher = TextBatcher(load_tokenizer(self.backbone_path), model.max_len, train.pad_to_multiple_of)
+        self.separator = self.batcher.separator
+        self.batch_size = train.batch_size
+        self.accelerator = make_accelerator(train.mixed_precision, train.grad_accum)
+        self.threads = set_threads(train.threads)
         self.is_main_process = self.accelerator.is_main_process
         self.print = self.accelerator.print
         self.wait_for_everyone = self.accelerator.wait_for_everyone
@@ -72,7 +76,7 @@ class TransformerMember:
         """What prediction needs besides the fold checkpoints: the tokenizer and the backbone's config."""
 
         def write(tmp: Path) -> None:
-            self.tokenizer.save_pretrained(tmp)
+            self.batcher.tokenizer.save_pretrained(tmp)
             self.backbone_config.save_pretrained(tmp)
 
         write_folder_once(folder, write)
@@ -80,14 +84,9 @@ class TransformerMember:
     def prepare(
         self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
     ) -> None:
-        max_len = self.cfg.model.max_len
-        self.ids, self.test_ids, self.pseudo_ids = (
-            tokenize(self.tokenizer, texts, max_len),
-            tokenize(self.tokenizer, test_texts, max_len),
-            tokenize(self.tokenizer, pseudo_texts, max_len),
-        )
+        tokenize = self.batcher.tokenize
+        self.ids, self.test_ids, self.pseudo_ids = tokenize(texts), tokenize(test_texts), tokenize(pseudo_texts)
         self.targets = targets.astype(np.float32)
-        self.collate = Collator(self.tokenizer.pad_token_id, self.cfg.train.pad_to_multiple_of)
 
     def fit_fold(
         self,
@@ -100,8 +99,8 @@ class TransformerMember:
     ) -> FoldResult:
         """Train on `targets` of the training rows (a teacher's blend, with distillation) and on the pseudo-labelled
         rows (their targets for this fold, and their weight in the loss); validate on the truth."""
-        cfg, train = self.cfg, self.cfg.train
-        set_seed(cfg.seed + fold)
+        train, seed, batcher = self.train, self.task.seed + fold, self.batcher
+        set_seed(seed)
         train_set = TextDataset(self.ids, train_rows, targets.astype(np.float32))
         if pseudo is not None:  # the pseudo-labelled rows follow the labelled ones
             pseudo_targets, weight = pseudo
@@ -111,17 +110,17 @@ class TransformerMember:
             rows = np.concatenate([train_rows, n + np.arange(extra)])
             train_set = TextDataset(self.ids + self.pseudo_ids, rows, all_targets, weights)
         loaders = {
-            "train": train_loader(train_set, train.batch_size, cfg.seed + fold, train.length_bucketing, self.collate),
-            "valid": eval_loader(self.ids, valid_rows, train.eval_batch_size, self.collate),
-            "test": eval_loader(self.test_ids, np.arange(len(self.test_ids)), train.eval_batch_size, self.collate),
+            "train": batcher.train_loader(train_set, train.batch_size, seed, train.length_bucketing),
+            "valid": batcher.eval_loader(self.ids, valid_rows, train.eval_batch_size),
+            "test": batcher.eval_loader(self.test_ids, np.arange(len(self.test_ids)), train.eval_batch_size),
         }
         if train.save_fitted:
-            loaders["fitted"] = eval_loader(self.ids, train_rows, train.eval_batch_size, self.collate)
-        model = self.fold_model(targets[train_rows], self.collate([train_set[0]]))
+            loaders["fitted"] = batcher.eval_loader(self.ids, train_rows, train.eval_batch_size)
+        model = self.fold_model(targets[train_rows], batcher.collate([train_set[0]]))
         result = train_fold(
             self.accelerator,
             train,
-            cfg.metric,
+            self.task.metric,
             fold,
             model,
             loaders,
@@ -129,21 +128,49 @@ class TransformerMember:
             valid_rows,
             len(self.test_ids),
             listener,
-            cfg.run_dir / f"fold{fold}",
+            self.task.run.fold_dir(fold),
         )
         fitted = result.fitted_pred
         return result if fitted is None else dataclasses.replace(result, fitted_pred=fitted[train_rows])
 
     def fold_model(self, train_targets: np.ndarray, probe: dict) -> RegressionModel:
         """A fresh model for one fold, its target scaling fitted on the fold's training rows, its dropout checked."""
-        cfg = self.cfg
-        model = build_model(cfg.model, len(cfg.data.target_columns), self.backbone_path, self.backbone_config)
-        if cfg.data.standardize_targets:
+        model = build_model(self.model, len(self.task.targets), self.backbone_path, self.backbone_config)
+        if self.task.standardize_targets:
             model.target_mean.copy_(torch.from_numpy(train_targets.mean(axis=0)))
             model.target_std.copy_(torch.from_numpy(train_targets.std(axis=0).clip(min=1e-6)))
-        if cfg.model.dropout.disable:
+        if self.model.dropout.disable:
             check_deterministic(model, {k: probe[k] for k in ("input_ids", "attention_mask")})
         return model
+
+    @classmethod
+    def predict_folds(
+        cls,
+        model: ModelConfig,
+        train: TrainConfig,
+        task: Task,
+        texts_with: Callable[[str], list[str]],
+        folds: list[int],
+    ) -> dict[int, np.ndarray]:
+        """Each fold's checkpoint on the backbone rebuilt from the run's `backbone/` folder: offline."""
+        run, device = task.run, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        set_cudnn_attention(train.cudnn_attention)
+        batcher = TextBatcher(load_tokenizer(str(run.backbone_dir)), model.max_len, train.pad_to_multiple_of)
+        texts = texts_with(batcher.separator)
+        loader = batcher.texts_loader(texts, train.eval_batch_size)
+        net = (
+            build_model(model, len(task.targets), None, AutoConfig.from_pretrained(run.backbone_dir)).to(device).eval()
+        )
+
+        def forward(batch: dict) -> torch.Tensor:
+            return net.to_target_units(net(batch["input_ids"], batch["attention_mask"]))
+
+        predictions = {}
+        for fold in folds:
+            net.load_state_dict(run.fold_weights(fold, str(device)))
+            with autocast(device, choose_mixed_precision(train.mixed_precision)):
+                predictions[fold] = predict_rows(forward, loader, len(texts), device=device)
+        return predictions
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int = 1) -> Accelerator:
@@ -238,20 +265,61 @@ def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_ro
 
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
-    """A fold's step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps
+    """A loop's step arithmetic. An optimizer step is `grad_accum` batches of `batch_size` on every process; steps
     count over all processes together, so eval_every and max_steps mean the same number of samples on any count."""
 
-    steps_per_epoch: int
+    per_epoch: int
     total: int
-    first_eval: int  # no validation before this step (train.eval_start), except the last
+    first_eval: int = 0  # no validation before this step (train.eval_start), except the last
 
     @classmethod
-    def of(cls, n_batches: int, processes: int, train: TrainConfig) -> StepPlan:
-        per_epoch = epoch_steps(n_batches, processes, train.grad_accum)
-        total = per_epoch * train.epochs
-        if train.max_steps:
-            total = min(total, train.max_steps)
-        return cls(per_epoch, total, math.ceil(train.eval_start * total))
+    def of(
+        cls,
+        n_batches: int,
+        processes: int,
+        epochs: int,
+        grad_accum: int = 1,
+        max_steps: int | None = None,
+        eval_start: float = 0.0,
+    ) -> StepPlan:
+        per_epoch = epoch_steps(n_batches, processes, grad_accum)
+        total = per_epoch * epochs
+        if max_steps:
+            total = min(total, max_steps)
+        return cls(per_epoch, total, math.ceil(eval_start * total))
+
+    def fingerprint(self, processes: int) -> dict:
+        """What a checkpoint must have been saved under to be resumed."""
+        return {"steps": self.total, "steps_per_epoch": self.per_epoch, "processes": processes}
+
+
+def epoch_batches(
+    accelerator: Accelerator, loader: DataLoader, sampler: BucketBatchSampler, epoch: int, drawn: int
+) -> Iterable[dict]:
+    """The batches of `epoch` not drawn yet: their order depends on (seed, epoch) alone, so a resumed loop draws the
+    rest of the epoch it stopped in. `sampler` is the loader's own: set_epoch through Accelerate's wrappers does not
+    always reach it."""
+    sampler.set_epoch(epoch)
+    loader.set_epoch(epoch)
+    return accelerator.skip_first_batches(loader, drawn) if drawn else loader
+
+
+def optimizer_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    grad_clip: float | None,
+) -> None:
+    """Backward, and inside `accelerator.accumulate` the optimizer step once the batches to accumulate are in (a
+    prepared optimizer and scheduler skip the others)."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and grad_clip:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @dataclasses.dataclass
@@ -267,31 +335,31 @@ class Validator:
     rows: np.ndarray
     average: WeightAverage | None
 
-    def __call__(self, p: checkpoints.FoldProgress, epoch: float, lr: float) -> ValidationEvent:
+    def __call__(self, progress: checkpoints.FoldProgress, epoch: float, lr: float) -> ValidationEvent:
         valid_targets = self.targets[self.rows]
         with self.average.applied() if self.average else nullcontext():  # validated, and kept, with the average
             pred = predict(self.accelerator, self.model, self.loader, len(self.targets))[self.rows]
             val_score = score(self.metric, valid_targets, pred)
             if math.isnan(val_score):  # diverged weights stay NaN: stop now, with a reason, not at the end
                 raise UserError(
-                    f"fold {self.fold}: validation {self.metric} is NaN at step {p.step}: training diverged; "
+                    f"fold {self.fold}: validation {self.metric} is NaN at step {progress.step}: training diverged; "
                     "lower train.lr, or try train.mixed_precision=no"
                 )
-            if val_score < p.best_score:
+            if val_score < progress.best_score:
                 state = self.accelerator.unwrap_model(self.model).state_dict()
-                p.best_score, p.best_step, p.best_pred = val_score, p.step, pred
-                p.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+                progress.best_score, progress.best_step, progress.best_pred = val_score, progress.step, pred
+                progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         event = ValidationEvent(
-            step=p.step,
+            step=progress.step,
             epoch=epoch,
             val_score=val_score,
             val_per_target=per_target(self.metric, valid_targets, pred).tolist(),
-            samples_per_second=p.samples / max(p.train_seconds, 1e-9),
-            train_loss=p.loss_sum.item() / max(p.loss_batches, 1),  # sync: once per validation
+            samples_per_second=progress.samples / max(progress.train_seconds, 1e-9),
+            train_loss=progress.loss_sum.item() / max(progress.loss_batches, 1),  # sync: once per validation
             lr=lr,
         )
-        p.loss_sum, p.loss_batches = torch.zeros_like(p.loss_sum), 0
-        p.history.append(event)
+        progress.loss_sum, progress.loss_batches = torch.zeros_like(progress.loss_sum), 0
+        progress.history.append(event)
         return event
 
 
@@ -317,10 +385,13 @@ def train_fold(
         enable_gradient_checkpointing(model.backbone)
     if train.compile:
         model.backbone.compile(dynamic=True)  # in place: checkpoint keys stay those of the plain model
-    steps = StepPlan.of(len(loaders["train"]), accelerator.num_processes, train)
+    processes = accelerator.num_processes
+    steps = StepPlan.of(
+        len(loaders["train"]), processes, train.epochs, train.grad_accum, train.max_steps, train.eval_start
+    )
     accelerator.print(
         f"fold {fold}: {len(loaders['train'].dataset)} training rows, batch {train.batch_size} x {train.grad_accum} "
-        f"accumulated, {steps.steps_per_epoch} optimizer steps an epoch, {steps.total} in all, validation every "
+        f"accumulated, {steps.per_epoch} optimizer steps an epoch, {steps.total} in all, validation every "
         f"{train.eval_every} steps from step {steps.first_eval}"
     )
     scheduler = get_scheduler(
@@ -330,73 +401,67 @@ def train_fold(
         num_training_steps=steps.total,
     )
     units = model  # the bare model, for the target scaling buffers
-    sampler = loaders["train"].batch_sampler  # set_epoch through Accelerate's wrappers does not always reach it
+    sampler = loaders["train"].batch_sampler
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, loaders["train"], loaders["valid"], loaders["test"], scheduler
     )
-    plan = {"steps": steps.total, "steps_per_epoch": steps.steps_per_epoch, "processes": accelerator.num_processes}
-    p = resume(accelerator, fold, fold_dir, plan, on_validation)
-    schedule = checkpoints.Schedule(train.checkpoint_every if fold_dir else None, p.step, accelerator.num_processes)
+    plan = steps.fingerprint(processes)
+    progress = resume(accelerator, fold, fold_dir, plan, on_validation)
+    schedule = checkpoints.CheckpointSchedule(train.checkpoint_every if fold_dir else None, progress.step, processes)
     average = WeightAverage(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay else None
-    if average and p.weight_average is not None:
-        average.load(p.weight_average)
+    if average and progress.weight_average is not None:
+        average.load(progress.weight_average)
     validator = Validator(accelerator, model, valid_dl, metric, fold, targets, valid_rows, average)
-    bar = tqdm(total=steps.total, initial=p.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process)
+    bar = tqdm(
+        total=steps.total, initial=progress.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process
+    )
 
     model.train()
-    while p.step < steps.total:
-        sampler.set_epoch(p.epoch)
-        train_dl.set_epoch(p.epoch)
-        batches = accelerator.skip_first_batches(train_dl, p.batches_in_epoch) if p.batches_in_epoch else train_dl
+    while progress.step < steps.total:
         tick = time.perf_counter()
-        for batch in batches:
+        for batch in epoch_batches(accelerator, train_dl, sampler, progress.epoch, progress.batches_in_epoch):
             with accelerator.accumulate(model):
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 loss = weighted_mse(out.float(), units.to_model_units(batch["target"]), batch.get("weight"))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and train.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), train.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            p.loss_sum += loss.detach()  # summed on the device: no host-device sync in the hot loop
-            p.loss_batches += 1
-            p.batches_in_epoch += 1
-            p.samples += len(batch["target"]) * accelerator.num_processes
+                optimizer_step(accelerator, model, loss, optimizer, scheduler, train.grad_clip)
+            progress.loss_sum += loss.detach()  # summed on the device: no host-device sync in the hot loop
+            progress.loss_batches += 1
+            progress.batches_in_epoch += 1
+            progress.samples += len(batch["target"]) * processes
             if not accelerator.sync_gradients:
                 continue
-            p.step += accelerator.num_processes
+            progress.step += processes
             if average:
-                average.update(p.step // accelerator.num_processes - 1)
-            bar.update(accelerator.num_processes)
-            due = p.step % train.eval_every < accelerator.num_processes and p.step >= steps.first_eval
-            if due or p.step >= steps.total:
-                p.train_seconds += elapsed_since(tick, accelerator.device)
-                event = validator(p, round(p.step / steps.steps_per_epoch, 3), scheduler.get_last_lr()[0])
+                average.update(progress.step // processes - 1)
+            bar.update(processes)
+            due = progress.step % train.eval_every < processes and progress.step >= steps.first_eval
+            if due or progress.step >= steps.total:
+                progress.train_seconds += elapsed_since(tick, accelerator.device)
+                event = validator(progress, round(progress.step / steps.per_epoch, 3), scheduler.get_last_lr()[0])
                 on_validation(event)
-                bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{p.best_score:.4f}"})
+                bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{progress.best_score:.4f}"})
                 model.train()
                 tick = time.perf_counter()
-            if p.step >= steps.total:
+            if progress.step >= steps.total:
                 break
-            if schedule.due(p.step):
-                p.train_seconds += elapsed_since(tick, accelerator.device)
-                p.weight_average = average.state() if average else None
-                seconds = checkpoints.save(accelerator, fold_dir, p, plan)
-                accelerator.print(f"fold {fold}: checkpoint at step {p.step} saved in {seconds:.1f} s")
+            if schedule.due(progress.step):
+                progress.train_seconds += elapsed_since(tick, accelerator.device)
+                progress.weight_average = average.state() if average else None
+                seconds = checkpoints.save(accelerator, fold_dir, progress, plan)
+                accelerator.print(f"fold {fold}: checkpoint at step {progress.step} saved in {seconds:.1f} s")
                 tick = time.perf_counter()
         else:  # the epoch ran to its end
-            p.epoch, p.batches_in_epoch = p.epoch + 1, 0
-        p.train_seconds += elapsed_since(tick, accelerator.device)
+            progress.epoch, progress.batches_in_epoch = progress.epoch + 1, 0
+        progress.train_seconds += elapsed_since(tick, accelerator.device)
     bar.close()
     fitted_dl = accelerator.prepare(loaders["fitted"]) if "fitted" in loaders else None
-    return finish_fold(accelerator, model, p, fold, test_dl, n_test, fitted_dl, len(targets))
+    return finish_fold(accelerator, model, progress, fold, test_dl, n_test, fitted_dl, len(targets))
 
 
 def finish_fold(
     accelerator: Accelerator,
     model: nn.Module,
-    p: checkpoints.FoldProgress,
+    progress: checkpoints.FoldProgress,
     fold: int,
     test_dl: DataLoader,
     n_test: int,
@@ -404,20 +469,20 @@ def finish_fold(
     n_rows: int,
 ) -> FoldResult:
     """The best step's weights back in the model, its test predictions (and its fitted ones, NaN off their rows)."""
-    accelerator.unwrap_model(model).load_state_dict(p.best_state)
+    accelerator.unwrap_model(model).load_state_dict(progress.best_state)
     test_pred = predict(accelerator, model, test_dl, n_test)
     fitted_pred = predict(accelerator, model, fitted_dl, n_rows) if fitted_dl else None
     accelerator.free_memory()
     return FoldResult(
         fold=fold,
-        best_score=p.best_score,
-        best_step=p.best_step,
-        valid_pred=p.best_pred,
+        best_score=progress.best_score,
+        best_step=progress.best_step,
+        valid_pred=progress.best_pred,
         test_pred=test_pred,
-        state=p.best_state,
-        train_seconds=p.train_seconds,
-        train_samples_per_second=p.samples / max(p.train_seconds, 1e-9),
-        history=p.history,
+        state=progress.best_state,
+        train_seconds=progress.train_seconds,
+        train_samples_per_second=progress.samples / max(progress.train_seconds, 1e-9),
+        history=progress.history,
         fitted_pred=fitted_pred,
     )
 

@@ -3,43 +3,30 @@ run with several seeds."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from textreg import artifacts
+from textreg.artifacts import RunFolder
 from textreg.config import Config, changed_keys, is_run_key
 from textreg.errors import UserError
-from textreg.records import ValidationEvent, read_history
+from textreg.records import ValidationEvent
 
 
 def load_runs(output_dir: Path, default: Config) -> list[dict]:
     """Each finished run's metrics, its fold histories and the config keys in which it differs from `default`."""
     runs = []
-    for metrics_path in sorted(output_dir.glob("*/metrics.json")):
-        run_dir = metrics_path.parent
+    for run in RunFolder.merged_in(output_dir):
         try:
-            artifacts.check_run_format(run_dir)
+            run.check_format()
         except UserError:
-            print(f"skipped {run_dir}: written by another version of the template")
+            print(f"skipped {run}: written by another version of the template")
             continue
-        metrics = json.loads(metrics_path.read_text())
-        config = artifacts.load_run_config(run_dir).to_dict()  # keys added since get their defaults
+        config = run.load_config().to_dict()  # keys added since get their defaults
         changed = sorted(k for k in changed_keys(default.to_dict(), config) if not is_run_key(k))
-        runs.append(
-            {"metrics": metrics, "config": config, "changed": changed, "histories": fold_histories(run_dir, metrics)}
-        )
+        runs.append({"metrics": run.metrics(), "config": config, "changed": changed, "histories": run.fold_histories()})
     return runs
-
-
-def fold_histories(run_dir: Path, metrics: dict) -> list[list[ValidationEvent]]:
-    """The validation curve of each finished fold of a run (`history` in its fold<k>/metrics.json)."""
-    return [
-        read_history(json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text()))
-        for fold in metrics["folds_done"]
-    ]
 
 
 def curve_stability(histories: list[list[ValidationEvent]]) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pandas as pd
+from safetensors import safe_open
 
 from textreg.errors import UserError
 
@@ -91,6 +92,12 @@ def write_json(obj: object, path: Path) -> None:
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def check_safetensors(path: Path) -> None:
+    """Raises (safetensors' own error types) when the file's header does not read: a damaged checkpoint."""
+    with safe_open(path, framework="pt") as weights:
+        weights.keys()
 
 
 def read_json(path: Path) -> dict:

@@ -41,16 +41,22 @@ def _is_dropout_attribute(name: str, value: object) -> bool:
 
 def load_backbone_config(model_cfg: ModelConfig) -> tuple[str, PretrainedConfig]:
     """Load the backbone's config and apply the dropout settings to it."""
-    path = resolve_backbone(model_cfg.backbone)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"model.backbone={model_cfg.backbone!r}: cannot be loaded as a local folder, an installed "
-            f"package (package:<name>) or a hub id: {str(err).splitlines()[0]}{_missing_folder_hint(path)}"
-        ) from err
+    path, config = backbone_config(model_cfg.backbone)
     apply_dropout_config(config, model_cfg.dropout)
     return path, config
+
+
+def backbone_config(spec: str) -> tuple[str, PretrainedConfig]:
+    """The backbone's folder (or hub id) and its own config, as published; a UserError that says why if it does not
+    load."""
+    path = resolve_backbone(spec)
+    try:
+        return path, AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"model.backbone={spec!r}: cannot be loaded as a local folder, an installed "
+            f"package (package:<name>) or a hub id: {str(err).splitlines()[0]}{_missing_folder_hint(path)}"
+        ) from err
 
 
 def _missing_folder_hint(path: str) -> str:

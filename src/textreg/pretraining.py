@@ -27,14 +27,14 @@ from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, 
 from transformers.utils import logging as hf_logging
 
 from textreg import checkpoints
-from textreg.batching import Collator, TextDataset, separator, tokenize, train_loader
-from textreg.config import DropoutConfig, ModelConfig, PretrainConfig
+from textreg.batching import TextBatcher, TextDataset
+from textreg.config import DataConfig, PretrainConfig, PretrainSection
 from textreg.data import competition_texts, read_csv
-from textreg.engine import adamw, epoch_steps, make_accelerator
+from textreg.engine import StepPlan, adamw, epoch_batches, make_accelerator, optimizer_step
 from textreg.errors import UserError
 from textreg.files import write_folder_once, write_json
 from textreg.hardware import set_threads
-from textreg.model import load_backbone_config, load_tokenizer
+from textreg.model import backbone_config, load_tokenizer
 from textreg.tracking import Tracker
 
 SUMMARY_FILE = "pretraining.json"
@@ -79,10 +79,10 @@ def read_extra_texts(path: Path) -> list[str]:
     raise UserError(f"pretrain.extra_texts: {path}: give a .txt (one text a line) or a .csv (a 'text' column)")
 
 
-def gather_texts(cfg: PretrainConfig, sep: str) -> list[str]:
+def gather_texts(data: DataConfig, extra_texts: list[Path], sep: str) -> list[str]:
     """Competition train + test inputs, then the extra files; each text once, in first-seen order."""
-    texts = competition_texts(cfg.data, sep)
-    for path in cfg.pretrain.extra_texts:
+    texts = competition_texts(data, sep)
+    for path in extra_texts:
         texts += read_extra_texts(path)
     return list(dict.fromkeys(texts))
 
@@ -128,10 +128,12 @@ def mask(masker: DataCollatorForLanguageModeling, batch: dict, special_ids: torc
     return {"input_ids": input_ids, "attention_mask": batch["attention_mask"], "labels": labels}
 
 
-def held_out_batches(masker, special_ids, ids: list[list[int]], batch_size: int, seed: int) -> list[dict]:
+def held_out_batches(
+    batcher: TextBatcher, masker, special_ids, ids: list[list[int]], batch_size: int, seed: int
+) -> list[dict]:
     """The held-out texts masked once, by the seed: every epoch's validation loss is over the same masked tokens,
     and masking them leaves the global random state (the training masks' and dropout's) untouched."""
-    pad = Collator(masker.tokenizer.pad_token_id)
+    pad = batcher.collate
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return [
@@ -163,37 +165,35 @@ def held_out_loss(accelerator: Accelerator, model: torch.nn.Module, batches: lis
 def run_pretraining(cfg: PretrainConfig) -> Path:
     """Pretrain, or do nothing when the output folder is there already (only whole folders are renamed into
     place). Returns the output folder."""
-    p, output = cfg.pretrain, cfg.pretrain.output
+    section, output = cfg.pretrain, cfg.pretrain.output
     if output.is_dir():
         print(f"{output} is complete already: nothing to do (delete it to pretrain again)")
         return output
-    accelerator = make_accelerator(p.mixed_precision)
-    threads = set_threads(p.threads)
-    # The backbone's own dropout stays on: it is part of masked-LM training. The model spec goes through
-    # load_backbone_config for its checks and messages (a missing folder, a package not installed).
-    path, _ = load_backbone_config(ModelConfig(backbone=cfg.model.backbone, dropout=DropoutConfig(disable=False)))
-    tokenizer = load_tokenizer(path)
-    train_texts, valid_texts = split_texts(gather_texts(cfg, separator(tokenizer)), p.valid_share, p.seed)
+    accelerator = make_accelerator(section.mixed_precision)
+    threads = set_threads(section.threads)
+    path, _ = backbone_config(cfg.model.backbone)  # its own dropout stays on: it is part of masked-LM training
+    batcher = TextBatcher(load_tokenizer(path), section.max_len)
+    texts = gather_texts(cfg.data, section.extra_texts, batcher.separator)
+    train_texts, valid_texts = split_texts(texts, section.valid_share, section.seed)
     accelerator.print(
         f"pretraining {path}: {len(train_texts)} texts, {len(valid_texts)} held out, {accelerator.num_processes} "
         f"process(es) on {accelerator.device}, {threads} thread(s) each, mixed precision {accelerator.mixed_precision}"
     )
-    set_seed(p.seed)  # before the head is initialised: the same fresh head on every run
+    set_seed(section.seed)  # before the head is initialised: the same fresh head on every run
     model = load_mlm_model(path, accelerator.print)
-    masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=p.mask_probability)
-    train_ids, valid_ids = tokenize(tokenizer, train_texts, p.max_len), tokenize(tokenizer, valid_texts, p.max_len)
-    loader = train_loader(
-        TextDataset(train_ids, np.arange(len(train_ids))),
-        p.batch_size,
-        p.seed,
-        bucketing=True,
-        collate=Collator(tokenizer.pad_token_id),
-    )
-    special_ids = torch.tensor(tokenizer.all_special_ids)
-    valid_batches = held_out_batches(masker, special_ids, valid_ids, p.batch_size, p.seed)
-    history = train(accelerator, cfg, model, loader, lambda batch: mask(masker, batch, special_ids), valid_batches)
+    masker = DataCollatorForLanguageModeling(batcher.tokenizer, mlm_probability=section.mask_probability)
+    train_ids, valid_ids = batcher.tokenize(train_texts), batcher.tokenize(valid_texts)
+    loader = batcher.train_loader(TextDataset(train_ids, np.arange(len(train_ids))), section.batch_size, section.seed)
+    special_ids = torch.tensor(batcher.tokenizer.all_special_ids)
+    valid_batches = held_out_batches(batcher, masker, special_ids, valid_ids, section.batch_size, section.seed)
+    tracker = Tracker(cfg.tracking, output.name, cfg.output_dir, accelerator.is_main_process)
+    with tracker.open_run("pretrain", output.name, cfg.to_dict()):
+        history = train(
+            accelerator, section, tracker, model, loader, lambda batch: mask(masker, batch, special_ids), valid_batches
+        )
     if accelerator.is_main_process:
-        save_backbone(accelerator.unwrap_model(model), tokenizer, output, {"config": cfg.to_dict(), "history": history})
+        summary = {"config": cfg.to_dict(), "history": history}
+        save_backbone(accelerator.unwrap_model(model), batcher.tokenizer, output, summary)
         shutil.rmtree(checkpoint_dir(output), ignore_errors=True)  # of no use once the folder is whole
         print(f"wrote {output}; fine-tune it with: python src/train.py model.backbone={output}")
     accelerator.wait_for_everyone()
@@ -214,62 +214,53 @@ def save_backbone(model: PreTrainedModel, tokenizer, output: Path, summary: dict
 
 def train(
     accelerator: Accelerator,
-    cfg: PretrainConfig,
+    section: PretrainSection,
+    tracker: Tracker,
     model: PreTrainedModel,
     loader: DataLoader,
     mask_batch: Callable[[dict], dict],
     valid_batches: list[dict],
 ) -> list[dict]:
     """AdamW with linear warm-up and decay; a held-out loss and a log line each epoch; a checkpoint every
-    `checkpoint_every` steps, and a rerun resumes from the last whole one. Returns the per-epoch history."""
-    p = cfg.pretrain
-    # The step arithmetic, as in fine-tuning (textreg.engine): an optimizer step is one batch on every process, and
-    # steps count over all processes together (Accelerate steps a prepared scheduler once per process).
-    steps_per_epoch = epoch_steps(len(loader), accelerator.num_processes)
-    total_steps = steps_per_epoch * p.epochs
-    warmup = int(p.warmup_ratio * total_steps)
+    `checkpoint_every` steps, and a rerun resumes from the last whole one. Returns the per-epoch history. The
+    step, the epoch's batches, the optimizer, the step arithmetic and the checkpoints are fine-tuning's
+    (textreg.engine, textreg.checkpoints); docs/layout.md says why the loop itself is its own."""
+    steps = StepPlan.of(len(loader), accelerator.num_processes, section.epochs)
+    warmup = int(section.warmup_ratio * steps.total)
     accelerator.print(
-        f"batch {p.batch_size}: {steps_per_epoch} optimizer steps an epoch, {total_steps} in {p.epochs} epochs "
-        f"({warmup} of warm-up), checkpoint every {p.checkpoint_every} steps"
+        f"batch {section.batch_size}: {steps.per_epoch} optimizer steps an epoch, {steps.total} in "
+        f"{section.epochs} epochs ({warmup} of warm-up), checkpoint every {section.checkpoint_every} steps"
     )
-    optimizer = adamw(model.named_parameters(), lambda name, param: p.lr, p.weight_decay)  # as fine-tuning's
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    optimizer = adamw(model.named_parameters(), lambda name, param: section.lr, section.weight_decay)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=steps.total)
     sampler = loader.batch_sampler  # set_epoch through Accelerate's wrappers does not always reach it
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     train_dl = accelerator.prepare_data_loader(loader, device_placement=False)  # masked on the CPU, then moved
-    plan = {"steps": total_steps, "steps_per_epoch": steps_per_epoch, "processes": accelerator.num_processes}
-    progress, found = checkpoints.resume(accelerator, checkpoint_dir(p.output), plan, PretrainProgress)
+    plan = steps.fingerprint(accelerator.num_processes)
+    folder = checkpoint_dir(section.output)
+    progress, found = checkpoints.resume(accelerator, folder, plan, PretrainProgress)
     if found is not None:
-        accelerator.print(f"resuming from {found} (step {progress.step} of {plan['steps']})")
-    schedule = checkpoints.Schedule(p.checkpoint_every, progress.step, accelerator.num_processes)
-    tracker = Tracker(cfg, accelerator.is_main_process)
-    bar = tqdm(total=total_steps, initial=progress.step, desc="pretrain", disable=not accelerator.is_local_main_process)
-    with tracker.open_run("pretrain", cfg.experiment, cfg.to_dict()):
-        for event in progress.history:
-            tracker.log(tracked(event), step=event["step"])  # a resumed run's W&B curve starts at the beginning
-        model.train()
-        while progress.epoch < p.epochs:
-            sampler.set_epoch(progress.epoch)  # the batches depend on (seed, epoch) alone
-            train_dl.set_epoch(progress.epoch)
-            skip = progress.batches_in_epoch
-            for batch in accelerator.skip_first_batches(train_dl, skip) if skip else train_dl:
-                batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in mask_batch(batch).items()}
+        accelerator.print(f"resuming from {found} (step {progress.step} of {steps.total})")
+    schedule = checkpoints.CheckpointSchedule(section.checkpoint_every, progress.step, accelerator.num_processes)
+    bar = tqdm(total=steps.total, initial=progress.step, desc="pretrain", disable=not accelerator.is_local_main_process)
+    for event in progress.history:
+        tracker.log(tracked(event), step=event["step"])  # a resumed run's W&B curve starts at the beginning
+    model.train()
+    while progress.epoch < section.epochs:
+        for batch in epoch_batches(accelerator, train_dl, sampler, progress.epoch, progress.batches_in_epoch):
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in mask_batch(batch).items()}
+            with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                accelerator.backward(loss)
-                if p.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), p.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress.loss_sum += loss.detach()  # summed on the device: no host-device sync in the loop
-                progress.loss_batches += 1
-                progress.batches_in_epoch += 1
-                progress.step += accelerator.num_processes
-                bar.update(accelerator.num_processes)
-                if schedule.due(progress.step) and progress.step < total_steps:
-                    seconds = checkpoints.save(accelerator, checkpoint_dir(p.output), progress, plan)
-                    accelerator.print(f"checkpoint at step {progress.step} saved in {seconds:.1f} s")
-            end_epoch(accelerator, model, scheduler, valid_batches, progress, tracker)
+                optimizer_step(accelerator, model, loss, optimizer, scheduler, section.grad_clip)
+            progress.loss_sum += loss.detach()  # summed on the device: no host-device sync in the loop
+            progress.loss_batches += 1
+            progress.batches_in_epoch += 1
+            progress.step += accelerator.num_processes
+            bar.update(accelerator.num_processes)
+            if schedule.due(progress.step) and progress.step < steps.total:
+                seconds = checkpoints.save(accelerator, folder, progress, plan)
+                accelerator.print(f"checkpoint at step {progress.step} saved in {seconds:.1f} s")
+        end_epoch(accelerator, model, scheduler, valid_batches, progress, tracker)
     bar.close()
     return progress.history
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from textreg.artifacts import is_finished
+from textreg.artifacts import RunFolder
 from textreg.errors import UserError
-from textreg.experiments import curve_stability, fold_histories
+from textreg.experiments import curve_stability
 from textreg.files import write_json, write_text
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -169,12 +169,12 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
     for setting in dict.fromkeys(run.setting for run in study.runs):
         started = [run_dirs[run.name] for run in study.runs if run.setting == setting]
         # a run counts once every fold is finished and merged, not before
-        finished = {d: json.loads((d / "metrics.json").read_text()) for d in started if is_finished(d)}
+        finished = {folder: folder.metrics() for folder in map(RunFolder, started) if folder.is_finished()}
         if not finished:
             continue
         metrics = list(finished.values())
         folds = [f for m in metrics for f in m["folds"].values()]
-        final_minus_best, late_wobble = curve_stability([h for d, m in finished.items() for h in fold_histories(d, m)])
+        final_minus_best, late_wobble = curve_stability([h for folder in finished for h in folder.fold_histories()])
         rows[setting] = {
             "setting": setting,
             "metric": metrics[0]["metric"],
@@ -232,8 +232,8 @@ def search_rows(trials: list[dict], run_dirs: dict[str, Path]) -> list[dict]:
     the state: pruned after its last reported fold, failed, running); finished ones first, best first."""
     rows = []
     for trial in (t for t in trials if not t["skipped"] and t["state"] != "WAITING"):
-        run_dir = run_dirs[trial["run"]]
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if is_finished(run_dir) else {}
+        run = RunFolder(run_dirs[trial["run"]])
+        metrics = run.metrics() if run.is_finished() else {}
         folds = trial["fold_scores"]
         rows.append(
             {

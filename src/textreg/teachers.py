@@ -10,13 +10,11 @@ fold-j model trained on fold k's texts and targets, so a student validated on fo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from textreg import artifacts
-from textreg.config import Config, DistillConfig
+from textreg.artifacts import RunFolder, fold_column
+from textreg.config import DataConfig, DistillConfig, PseudoLabelConfig
 from textreg.data import load_test, model_inputs, read_csv
 from textreg.errors import UserError
 
@@ -36,18 +34,16 @@ class Teacher:
         return blended
 
 
-def load_teacher(cfg: Config, train_df: pd.DataFrame, folds: list[int]) -> Teacher:
-    """The teacher of `cfg.train.distill`, checked against the student: same targets, same fold of every row, and
-    for each fold to train, a finished teacher fold with its fitted predictions of every training row."""
-    distill = cfg.train.distill
-    assert distill is not None
-    run_dir, id_col, targets = distill.teacher, cfg.data.id_column, cfg.data.target_columns
-    student_folds = check_teacher(run_dir, cfg, train_df)
-    fitted, finished = {}, artifacts.finished_folds(run_dir)
+def load_teacher(distill: DistillConfig, data: DataConfig, train_df: pd.DataFrame, folds: list[int]) -> Teacher:
+    """The teacher of `train.distill`, checked against the student: same targets, same fold of every row, and for
+    each fold to train, a finished teacher fold with its fitted predictions of every training row."""
+    run, id_col, targets = RunFolder(distill.teacher), data.id_column, data.target_columns
+    student_folds = check_teacher(run, data, train_df)
+    fitted, finished = {}, run.finished_folds()
     for fold in folds:
-        path = run_dir / f"fold{fold}" / "fitted.csv"
+        path = run.fold_file(fold, "fitted.csv")
         if fold not in finished:
-            raise UserError(f"{run_dir}: fold {fold} is not finished; train it first (folds=[{fold}])")
+            raise UserError(f"{run}: fold {fold} is not finished; train it first (folds=[{fold}])")
         if not path.is_file():
             raise UserError(f"{path} is missing: train the teacher with train.save_fitted=true")
         table = read_csv(path).set_index(id_col)[[f"{t}_pred" for t in targets]]
@@ -58,16 +54,16 @@ def load_teacher(cfg: Config, train_df: pd.DataFrame, folds: list[int]) -> Teach
     return Teacher(distill, fitted)
 
 
-def check_teacher(run_dir: Path, cfg: Config, train_df: pd.DataFrame) -> pd.Series:
+def check_teacher(run: RunFolder, data: DataConfig, train_df: pd.DataFrame) -> pd.Series:
     """A teacher run of the same targets and of the same fold for every row; returns the student's folds by id."""
-    teacher_cfg, id_col = artifacts.open_run(run_dir), cfg.data.id_column
-    if teacher_cfg.data.target_columns != cfg.data.target_columns:
-        raise UserError(f"{run_dir} predicts {teacher_cfg.data.target_columns}, this run {cfg.data.target_columns}")
-    teacher_folds = read_csv(run_dir / "folds.csv").set_index(id_col)["fold"]
+    teacher_cfg, id_col = run.config(), data.id_column
+    if teacher_cfg.data.target_columns != data.target_columns:
+        raise UserError(f"{run} predicts {teacher_cfg.data.target_columns}, this run {data.target_columns}")
+    teacher_folds = read_csv(run.folds_file).set_index(id_col)["fold"]
     student_folds = train_df.set_index(id_col)["fold"]
     if not teacher_folds.sort_index().equals(student_folds.sort_index()):
         raise UserError(
-            f"{run_dir} was trained on other folds (its folds.csv differs from this run's): a teacher's fold k must "
+            f"{run} was trained on other folds (its folds.csv differs from this run's): a teacher's fold k must "
             "never have seen the student's fold k; train the teacher with this run's data and cv settings"
         )
     return student_folds
@@ -80,29 +76,31 @@ class PseudoLabels:
         self.table, self.texts, self.target_columns, self.weight = table, texts, targets, weight
 
     def targets(self, fold: int) -> np.ndarray:
-        return self.table[[f"{t}_fold{fold}" for t in self.target_columns]].to_numpy(dtype=np.float64)
+        return self.table[[fold_column(t, fold) for t in self.target_columns]].to_numpy(dtype=np.float64)
 
 
-def load_pseudo_labels(cfg: Config, train_df: pd.DataFrame, separator: str) -> PseudoLabels:
+def load_pseudo_labels(
+    pseudo: PseudoLabelConfig, data: DataConfig, train_df: pd.DataFrame, separator: str
+) -> PseudoLabels:
     """The rows of `data.pseudo_label.texts` with the teacher's per-fold predictions of them, checked: same folds
     as this run, a prediction of every row by every fold, and no row that is also a training row."""
-    pseudo = cfg.data.pseudo_label
-    assert pseudo is not None
-    check_teacher(pseudo.teacher, cfg, train_df)
-    id_col, targets = cfg.data.id_column, cfg.data.target_columns
-    rows = load_test(cfg, pseudo.texts)
-    path = pseudo.teacher / "predictions" / pseudo.texts.name
+    teacher = RunFolder(pseudo.teacher)
+    teacher_cfg = teacher.config()
+    check_teacher(teacher, data, train_df)
+    id_col, targets = data.id_column, data.target_columns
+    rows = load_test(data, pseudo.texts)
+    path = teacher.predictions_file(pseudo.texts)
     if not path.is_file():
         raise UserError(
             f"{path} is missing: score the rows first: python src/predict.py {pseudo.teacher} --input {pseudo.texts}"
         )
     predicted = read_csv(path).set_index(id_col)
-    columns = [f"{t}_fold{k}" for k in range(cfg.cv.n_folds) for t in targets]
+    columns = [fold_column(t, k) for k in range(teacher_cfg.cv.n_folds) for t in targets]
     same_rows = predicted.index.astype(str).tolist() == rows[id_col].astype(str).tolist()
     if not set(columns) <= set(predicted.columns) or not same_rows:
         raise UserError(f"{path} does not hold every fold's prediction of every row of {pseudo.texts}; predict again")
     if rows[id_col].astype(str).isin(train_df[id_col].astype(str)).any():
-        raise UserError(f"{pseudo.texts} holds training rows (ids of {cfg.data.train_file}): unlabeled rows only")
+        raise UserError(f"{pseudo.texts} holds training rows (ids of {data.train_file}): unlabeled rows only")
     return PseudoLabels(
-        predicted[columns].reset_index(drop=True), model_inputs(rows, cfg.data, separator), targets, pseudo.weight
+        predicted[columns].reset_index(drop=True), model_inputs(rows, data, separator), targets, pseudo.weight
     )

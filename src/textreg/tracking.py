@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from textreg.config import Config, PretrainConfig
+from textreg.config import TrackingConfig
 
 
 def logged_in() -> bool:
@@ -36,11 +36,12 @@ def resolve_mode(setting: str) -> str:
 
 
 class Tracker:
-    """Opens, logs to and always finishes W&B runs; does nothing off the main process or when disabled."""
+    """Opens, logs to and always finishes W&B runs of one `group` (an experiment, a pretraining, an ensemble), their
+    local files under `folder`; does nothing off the main process or when disabled."""
 
-    def __init__(self, cfg: Config | PretrainConfig, is_main_process: bool) -> None:
-        self.cfg = cfg
-        self.mode = resolve_mode(cfg.tracking.mode) if is_main_process else "disabled"
+    def __init__(self, tracking: TrackingConfig, group: str, folder: Path, is_main_process: bool) -> None:
+        self.tracking, self.group, self.folder = tracking, group, folder
+        self.mode = resolve_mode(tracking.mode) if is_main_process else "disabled"
         self.run = None
 
     @property
@@ -54,16 +55,16 @@ class Tracker:
             return
         import wandb  # imported only when used: it is slow to import and starts a service
 
-        self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=self.cfg.tracking.project,
-            entity=self.cfg.tracking.entity,
-            group=self.cfg.experiment,
+            project=self.tracking.project,
+            entity=self.tracking.entity,
+            group=self.group,
             job_type=job_type,
             name=name,
             config=config,
             mode=self.mode,
-            dir=str(self.cfg.output_dir),
+            dir=str(self.folder),
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True),
         )
@@ -75,9 +76,8 @@ class Tracker:
             self.run.finish(exit_code=exit_code)
             self.run = None
 
-    def fold_run(self, fold: int) -> AbstractContextManager:
-        config = {**self.cfg.to_dict(), "fold": fold}
-        return self.open_run("fold", f"{self.cfg.experiment}-fold{fold}", config)
+    def fold_run(self, fold: int, config: dict) -> AbstractContextManager:
+        return self.open_run("fold", f"{self.group}-fold{fold}", {**config, "fold": fold})
 
     def log(self, values: dict, step: int) -> None:
         if self.run is not None:
@@ -87,14 +87,14 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(values)
 
-    def log_cv(self, metrics: dict, files: dict[str, Path], plots: dict[str, Path]) -> None:
+    def log_cv(self, metrics: dict, files: dict[str, Path], plots: dict[str, Path], config: dict) -> None:
         """The experiment's own run: overall score, a per-fold table, plots, and its files as an artifact."""
         if not self.enabled:
             return
         import wandb
 
         metric = metrics["metric"]
-        with self.open_run("cv", f"{self.cfg.experiment}-cv", self.cfg.to_dict()) as run:
+        with self.open_run("cv", f"{self.group}-cv", config) as run:
             summary = {f"cv/{metric}": metrics["cv_score"], "cv/fold_std": metrics["fold_score_std"]}
             summary.update({f"cv/{metric}_{t}": v for t, v in metrics["cv_per_target"].items()})
             columns = ["fold", metric, "best_step", "train_seconds"]
@@ -108,7 +108,7 @@ class Tracker:
         """Files of the open run as one W&B artifact named after the experiment."""
         import wandb
 
-        artifact = wandb.Artifact(f"{self.cfg.experiment}-{kind}", type=kind)
+        artifact = wandb.Artifact(f"{self.group}-{kind}", type=kind)
         for name, path in files.items():
             if path.is_file():
                 artifact.add_file(str(path), name=name)

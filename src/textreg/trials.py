@@ -8,11 +8,13 @@ with the lowest number that has not failed is the run's trial, and any other is 
 folder that is already finished is never trained again. A killed worker stops beating; its trial is failed and
 enqueued again (Optuna's heartbeat and RetryHeartbeatStaleTrialCallback), and its run resumes from its finished
 folds.
+
+Workers call ask and tell, not study.optimize, which can neither pop its trial inside the lock file and beat for it
+from that moment nor skip a trial without training it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -30,11 +32,10 @@ from pathlib import Path
 import optuna
 import psutil
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat  # what storages with a heartbeat share
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from textreg.artifacts import finished_folds, is_finished
+from textreg.artifacts import RunFolder
 from textreg.errors import UserError
 from textreg.files import locked
 from textreg.studies import Param, Run, Study
@@ -101,7 +102,15 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
 
 def heartbeat_seconds(storage: BaseStorage) -> int | None:
     """The storage's heartbeat interval; None where it has none (a journal file)."""
-    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    return storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+
+
+def storage_trial_id(storage: BaseStorage, study_db: optuna.Study, trial: optuna.Trial) -> int:
+    """The id the storage knows a trial by, which its heartbeats and its stored record (with the system attributes
+    that mark a retry) go by. optuna.Trial does not show it: the storage's public methods find it from the study's
+    name and the trial's number (tests/test_study.py pins that heartbeats recorded for it keep the trial alive)."""
+    study_id = storage.get_study_id_from_name(study_db.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
 
 def optuna_study(study: Study, storage: BaseStorage) -> optuna.Study:
@@ -118,11 +127,11 @@ def optuna_study(study: Study, storage: BaseStorage) -> optuna.Study:
 
 def enqueue_grid(study: Study, runs: list[Run], storage: BaseStorage) -> None:
     """One WAITING trial for each of `runs` that has no trial but failed ones: a failed run is tried again."""
-    target = optuna_study(study, storage)
-    present = {t.user_attrs.get("run") for t in target.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
+    study_db = optuna_study(study, storage)
+    present = {t.user_attrs.get("run") for t in study_db.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
     for run in runs:
         if run.name not in present:
-            target.enqueue_trial({"setting": run.setting, "seed": run.seed}, user_attrs={"run": run.name})
+            study_db.enqueue_trial({"setting": run.setting, "seed": run.seed}, user_attrs={"run": run.name})
 
 
 def trial_records(study: Study, storage: BaseStorage) -> list[dict]:
@@ -163,79 +172,95 @@ def failed_runs(studies: list[Study], storage: BaseStorage, since: datetime) -> 
 def work(studies: list[Study], grid_runs: dict[str, Run], storage: BaseStorage, launch: Launch, lock: Path) -> None:
     """Take trials, the study files in order, until none is left; while another worker's trial runs, wait: if
     that worker dies, its trial comes back."""
-    targets = [(study, optuna_study(study, storage)) for study in studies]
+    study_dbs = [(study, optuna_study(study, storage)) for study in studies]
     interval = heartbeat_seconds(storage)
     with _quiet():
         while True:
-            for study, target in targets:
+            for study, study_db in study_dbs:
                 with locked(lock):  # workers on one machine take trials one at a time (SQLite has no row locks)
                     if interval:
-                        optuna.storages.fail_stale_trials(target)
-                    trial = _next_trial(study, target)
-                    if trial and interval:  # before the lock goes: a worker killed from now on leaves a stale trial
-                        target._storage.record_heartbeat(trial._trial_id)
+                        optuna.storages.fail_stale_trials(study_db)
+                    trial = _next_trial(study, study_db)
+                    if trial:
+                        trial_id = storage_trial_id(storage, study_db, trial)
+                        if interval:  # before the lock goes: a worker killed from now on leaves a stale trial
+                            storage.record_heartbeat(trial_id)
                 if trial:
-                    _run_trial(study, target, trial, grid_runs, launch)
+                    with _heartbeat(storage, trial_id):
+                        _run_trial(study, study_db, trial, storage.get_trial(trial_id), grid_runs, launch)
                     break
             else:
-                running = any(target.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for _, target in targets)
+                running = any(db.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) for _, db in study_dbs)
                 if not (running and interval):
                     return
                 time.sleep(min(interval, 5))
 
 
-def _next_trial(study: Study, target: optuna.Study) -> optuna.Trial | None:
+def _next_trial(study: Study, study_db: optuna.Study) -> optuna.Trial | None:
     """A WAITING trial (a grid pair, or a search trial to retry), else a new search trial within the budget."""
-    trials = target.get_trials(deepcopy=False)
+    trials = study_db.get_trials(deepcopy=False)
     waiting = any(t.state == TrialState.WAITING for t in trials)
     counted = [t for t in trials if t.state != TrialState.FAIL and not t.user_attrs.get("skipped")]
     if waiting or (study.search and len(counted) < study.search.trials):
-        return target.ask()
+        return study_db.ask()
     return None
 
 
-def _run_trial(study: Study, target: optuna.Study, trial: optuna.Trial, grid_runs: dict, launch: Launch) -> None:
-    with _heartbeat(target, trial):
-        try:
-            value = train(trial, _trial_run(study, target, trial, grid_runs), launch)
-        except Skipped as reason:
-            trial.set_user_attr("skipped", str(reason))
-            target.tell(trial, state=TrialState.FAIL)
-        except optuna.TrialPruned:
-            target.tell(trial, state=TrialState.PRUNED)
-        except TrainingFailed as err:
-            print(f"failed   {err}", flush=True)
-            target.tell(trial, state=TrialState.FAIL)
-        else:
-            target.tell(trial, value)
+def _run_trial(
+    study: Study,
+    study_db: optuna.Study,
+    trial: optuna.Trial,
+    stored: optuna.trial.FrozenTrial,
+    grid_runs: dict[str, Run],
+    launch: Launch,
+) -> None:
+    try:
+        value = train(trial, _trial_run(study, study_db, trial, stored, grid_runs), launch)
+    except Skipped as reason:
+        trial.set_user_attr("skipped", str(reason))
+        study_db.tell(trial, state=TrialState.FAIL)
+    except optuna.TrialPruned:
+        study_db.tell(trial, state=TrialState.PRUNED)
+    except TrainingFailed as err:
+        print(f"failed   {err}", flush=True)
+        study_db.tell(trial, state=TrialState.FAIL)
+    else:
+        study_db.tell(trial, value)
 
 
-def _trial_run(study: Study, target: optuna.Study, trial: optuna.Trial, grid_runs: dict[str, Run]) -> Run:
-    """The trial's run; Skipped when the trial is not the one that trains it."""
-    frozen = target._storage.get_trial(trial._trial_id)  # Trial shows no system attributes
-    fixed = frozen.system_attrs.get("fixed_params")
+def _trial_run(
+    study: Study,
+    study_db: optuna.Study,
+    trial: optuna.Trial,
+    stored: optuna.trial.FrozenTrial,
+    grid_runs: dict[str, Run],
+) -> Run:
+    """The trial's run; Skipped when the trial is not the one that trains it. `stored` is the trial as the storage
+    holds it (optuna.Trial shows no system attributes, where a retry is marked). A grid trial names its run in the
+    user attribute it was enqueued with, which a retry copies; a trial that ask() made because another worker had
+    taken the waiting one has none."""
     if study.search:
-        run = _search_run(study, target, trial, RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen))
-    elif fixed is None or trial.user_attrs.get("run") not in grid_runs:
+        run = _search_run(study, study_db, trial, RetryHeartbeatStaleTrialCallback.retried_trial_number(stored))
+    elif trial.user_attrs.get("run") not in grid_runs:
         raise Skipped("not a waiting pair of the study file as this command reads it")
     else:
         run = grid_runs[trial.user_attrs["run"]]
         # every trial of a study gives a parameter the same choices, as Optuna requires
         trial.suggest_categorical("setting", sorted({r.setting for r in study.runs}))
         trial.suggest_categorical("seed", sorted({r.seed for r in study.runs}))
-    trials = target.get_trials(deepcopy=False)
+    trials = study_db.get_trials(deepcopy=False)
     owner = min(t.number for t in trials if t.user_attrs.get("run") == run.name and t.state != TrialState.FAIL)
     if owner != trial.number:
         raise Skipped(f"trial {owner} trains {run.name}")
     return run
 
 
-def _search_run(study: Study, target: optuna.Study, trial: optuna.Trial, retried: int | None) -> Run:
+def _search_run(study: Study, study_db: optuna.Study, trial: optuna.Trial, retried: int | None) -> Run:
     search = study.search
     values = {p.key: _suggest(trial, p) for p in search.params}
     earlier = [
         t
-        for t in target.get_trials(deepcopy=False)
+        for t in study_db.get_trials(deepcopy=False)
         if t.number < trial.number and t.state != TrialState.FAIL and not t.user_attrs.get("skipped")
     ]
     if retried is None and len(earlier) >= search.trials:  # two workers asked for the last trial at once
@@ -259,7 +284,7 @@ def train(trial: optuna.Trial, run: Run, launch: Launch) -> float:
     finishes; a pruned trial's training is stopped. Returns the run's CV score."""
     run_dir = launch.output_dir / run.name
     reported: set[int] = set()
-    if is_finished(run_dir):
+    if RunFolder(run_dir).is_finished():
         _report_folds(trial, run_dir, reported)
         return _cv(run_dir)
     command = [*launch.launcher, str(TRAIN_SCRIPT), "--config", run.config, f"experiment={run.name}"]
@@ -277,7 +302,7 @@ def train(trial: optuna.Trial, run: Run, launch: Launch) -> float:
         finally:
             _stop(process)
     _report_folds(trial, run_dir, reported)  # a run that finished is not pruned
-    if process.returncode != 0 or not is_finished(run_dir):
+    if process.returncode != 0 or not RunFolder(run_dir).is_finished():
         raise TrainingFailed(f"{run.name}: exit {process.returncode} (log: {launch.log_dir / run.name}.log)")
     print(f"finished {run.name}: CV {_cv(run_dir):.4f}", flush=True)
     return _cv(run_dir)
@@ -286,8 +311,9 @@ def train(trial: optuna.Trial, run: Run, launch: Launch) -> float:
 def _report_folds(trial: optuna.Trial, run_dir: Path, reported: set[int], prune: bool = False) -> None:
     """Report the folds finished since the last call, one at a time (step = fold number, so that trials compare
     fold by fold); with `prune`, raise TrialPruned at the first fold the pruner stops."""
-    for fold in (fold for fold in finished_folds(run_dir) if fold not in reported):
-        trial.report(json.loads((run_dir / f"fold{fold}" / "metrics.json").read_text())["score"], step=fold)
+    run = RunFolder(run_dir)
+    for fold in (fold for fold in run.finished_folds() if fold not in reported):
+        trial.report(run.fold_metrics(fold)["score"], step=fold)
         reported.add(fold)
         if prune and trial.should_prune():
             print(f"pruned   {run_dir.name} after fold {fold}", flush=True)
@@ -295,7 +321,7 @@ def _report_folds(trial: optuna.Trial, run_dir: Path, reported: set[int], prune:
 
 
 def _cv(run_dir: Path) -> float:
-    return json.loads((run_dir / "metrics.json").read_text())["cv_score"]
+    return RunFolder(run_dir).metrics()["cv_score"]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -313,9 +339,9 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _heartbeat(target: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+def _heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     """Beat for the trial while it runs (Optuna beats only inside study.optimize, which cannot skip a trial)."""
-    interval = heartbeat_seconds(target._storage)
+    interval = heartbeat_seconds(storage)
     if not interval:
         yield
         return
@@ -323,7 +349,7 @@ def _heartbeat(target: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            target._storage.record_heartbeat(trial._trial_id)
+            storage.record_heartbeat(trial_id)
             if stop.wait(interval):
                 return
 
