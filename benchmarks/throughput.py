@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from opprofile import OperatorProfile  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
 
-from textreg.batching import Collator, TextDataset, eval_loader, separator, tokenize, train_loader  # noqa: E402
+from textreg.batching import TextBatcher, TextDataset  # noqa: E402
 from textreg.config import load_config  # noqa: E402
 from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
 from textreg.engine import elapsed_since, make_accelerator, predict, train_fold  # noqa: E402
@@ -72,12 +72,13 @@ RANDOM_BACKBONES = {
 def fold_data(cfg, eval_rows: int) -> dict:
     df = assign_folds(load_train(cfg.data, cfg.cv, cfg.seed), cfg.data, cfg.cv, cfg.folds_dir)
     path, backbone_config = load_backbone_config(cfg.model)
-    tokenizer = load_tokenizer(path)
-    texts = model_inputs(df, cfg.data, separator(tokenizer))
+    batcher = TextBatcher(load_tokenizer(path), cfg.model.max_len, cfg.train.pad_to_multiple_of)
+    tokenizer = batcher.tokenizer
+    texts = model_inputs(df, cfg.data, batcher.separator)
     targets = df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     valid = np.flatnonzero(df["fold"].to_numpy() == 0)[:eval_rows]
     train = np.flatnonzero(df["fold"].to_numpy() != 0)
-    ids = tokenize(tokenizer, texts, cfg.model.max_len)  # once, for Trainer and the pipeline (the plain loop pads)
+    ids = batcher.tokenize(texts)  # once, for Trainer and the pipeline (the plain loop pads)
     return {
         "texts": texts,
         "ids": ids,
@@ -86,6 +87,7 @@ def fold_data(cfg, eval_rows: int) -> dict:
         "mean_tokens": float(np.mean([len(ids[i]) for i in train])),  # the real ones: padding is no useful work
         "valid": valid,
         "tokenizer": tokenizer,
+        "batcher": batcher,
         "model": lambda: build_model(cfg.model, targets.shape[1], path, backbone_config),
     }
 
@@ -189,12 +191,11 @@ def run_pipeline(cfg, data: dict, steps: int, watch: AbstractContextManager = UN
     t = cfg.train.model_copy(update={"max_steps": steps, "eval_every": 10**9})
     accelerator = make_accelerator(t.mixed_precision, t.grad_accum)
     ids = data["ids"]
-    collate = Collator(data["tokenizer"].pad_token_id, t.pad_to_multiple_of)
-    train_set = TextDataset(ids, data["train"], data["targets"])
+    batcher, train_set = data["batcher"], TextDataset(ids, data["train"], data["targets"])
     loaders = {
-        "train": train_loader(train_set, t.batch_size, cfg.seed, t.length_bucketing, collate),
-        "valid": eval_loader(ids, data["valid"], t.eval_batch_size, collate),
-        "test": eval_loader(ids, data["valid"][:1], t.eval_batch_size, collate),
+        "train": batcher.train_loader(train_set, t.batch_size, cfg.seed, t.length_bucketing),
+        "valid": batcher.eval_loader(ids, data["valid"], t.eval_batch_size),
+        "test": batcher.eval_loader(ids, data["valid"][:1], t.eval_batch_size),
     }
     model = data["model"]()
     with watch:  # the fold's set-up and its one validation too

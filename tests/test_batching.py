@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from textreg.batching import BucketBatchSampler, Collator, TextDataset, eval_loader
+from textreg.batching import BucketBatchSampler, Collator, TextBatcher, TextDataset
 
 
 def test_bucket_batches_cover_every_row_once_with_little_padding():
@@ -55,7 +57,8 @@ def test_collator_pads_to_the_longest_in_the_batch():
 
 def test_eval_loader_sorts_by_length_and_keeps_rows():
     ids = [[1] * n for n in (9, 3, 7, 5)]
-    rows = [r for batch in eval_loader(ids, np.arange(4), 2, Collator(0)) for r in batch["row"].tolist()]
+    batcher = TextBatcher(SimpleNamespace(pad_token_id=0, sep_token="[SEP]"), max_len=16)
+    rows = [r for batch in batcher.eval_loader(ids, np.arange(4), 2) for r in batch["row"].tolist()]
     assert rows == [1, 3, 2, 0]
     assert len(TextDataset(ids, np.array([0, 2]))) == 2
 

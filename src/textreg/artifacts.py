@@ -23,7 +23,6 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,20 +66,22 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path} is damaged ({err}); run `python src/merge.py {path.parent}` again") from err
 
 
-@dataclass(frozen=True)
 class RunFolder:
     """outputs/<experiment>/: the one owner of its layout, its files' formats and what "finished" means."""
 
-    path: Path
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.backbone_dir = self.path / "backbone"
+        self.folds_file = self.path / "folds.csv"
+        self.oof_file = self.path / "oof.csv"
+        self.test_predictions_file = self.path / "test_predictions.csv"
+        self.metrics_file = self.path / "metrics.json"
 
     @classmethod
     def merged_in(cls, folder: Path) -> list[RunFolder]:
         """The run folders in `folder` whose folds have been merged at least once."""
         return [cls(path.parent) for path in sorted(folder.glob("*/metrics.json"))]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     def __str__(self) -> str:
         return str(self.path)
@@ -92,30 +93,6 @@ class RunFolder:
     def fold_file(self, fold: int, name: str) -> Path:
         return self.fold_dir(fold) / name
 
-    def fold_of(self, fold_dir: Path) -> int:
-        """The fold number of one of this folder's fold folders."""
-        return int(fold_dir.name.removeprefix("fold"))
-
-    @property
-    def backbone_dir(self) -> Path:
-        return self.path / "backbone"
-
-    @property
-    def folds_file(self) -> Path:
-        return self.path / "folds.csv"
-
-    @property
-    def oof_file(self) -> Path:
-        return self.path / "oof.csv"
-
-    @property
-    def test_predictions_file(self) -> Path:
-        return self.path / "test_predictions.csv"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.json"
-
     def predictions_file(self, input_path: Path) -> Path:
         """Where `src/predict.py` writes its predictions of a file."""
         return self.path / "predictions" / input_path.name
@@ -123,7 +100,7 @@ class RunFolder:
     # --- reading
     def finished_folds(self) -> list[int]:
         """Folds whose last file (metrics.json, written after the others) is there."""
-        return sorted(self.fold_of(p.parent) for p in self.path.glob("fold*/metrics.json"))
+        return sorted(int(p.parent.name.removeprefix("fold")) for p in self.path.glob("fold*/metrics.json"))
 
     def fold_metrics(self, fold: int) -> dict:
         return _read_json(self.fold_file(fold, "metrics.json"))

@@ -10,18 +10,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
-
-def separator(tokenizer: PreTrainedTokenizerBase) -> str:
-    """What `{sep}` in a text template becomes: one rule for training and every prediction path."""
-    return tokenizer.sep_token or tokenizer.eos_token or " "
-
-
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> list[list[int]]:
-    if not texts:  # the fast tokenizers fail on an empty batch
-        return []
-    return tokenizer(list(texts), truncation=True, max_length=max_len, return_attention_mask=False)["input_ids"]
-
-
 PIN_MEMORY = torch.cuda.is_available()  # page-locked batches: copies to the GPU that need not wait
 
 
@@ -125,41 +113,37 @@ class BucketBatchSampler(Sampler[list[int]]):
         yield from batches
 
 
-def train_loader(dataset: TextDataset, batch_size: int, seed: int, bucketing: bool, collate: Collator) -> DataLoader:
-    """Batches drawn from the seed and the epoch alone. The loader has a generator of its own, so iterating it
-    leaves the global random state (dropout's) alone: a resumed fold draws the same numbers as an unbroken one."""
-    sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed, chunk_batches=50 if bucketing else 1)
-    return DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator(), pin_memory=PIN_MEMORY
-    )
-
-
 class TextBatcher:
     """Texts to batches with one tokenizer: every place that batches texts (training, prediction from a run folder,
-    frozen embeddings, masked-LM pretraining, the diagnostics) builds them here, with the same rules."""
+    frozen embeddings, masked-LM pretraining, the diagnostics, the benchmark) builds them here, by the same rules."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_len: int, pad_to_multiple_of: int | None = None):
         self.tokenizer = tokenizer
         self.max_len = max_len
-        self.separator = separator(tokenizer)
+        self.separator = tokenizer.sep_token or tokenizer.eos_token or " "  # what `{sep}` of a text template becomes
         self.collate = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return tokenize(self.tokenizer, texts, self.max_len)
-
-    def eval_loader(self, input_ids: list[list[int]], rows: np.ndarray, batch_size: int) -> DataLoader:
-        return eval_loader(input_ids, rows, batch_size, self.collate)
-
-    def texts_loader(self, texts: Sequence[str], batch_size: int) -> DataLoader:
-        """Every text, tokenized, in length-sorted batches; predictions come back in place by `row`."""
-        return self.eval_loader(self.tokenize(texts), np.arange(len(texts)), batch_size)
+        if not texts:  # the fast tokenizers fail on an empty batch
+            return []
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_len, return_attention_mask=False)[
+            "input_ids"
+        ]
 
     def train_loader(self, dataset: TextDataset, batch_size: int, seed: int, bucketing: bool = True) -> DataLoader:
-        return train_loader(dataset, batch_size, seed, bucketing, self.collate)
+        """Batches drawn from the seed and the epoch alone. The loader has a generator of its own, so iterating it
+        leaves the global random state (dropout's) alone: a resumed fold draws the same numbers as an unbroken one."""
+        sampler = BucketBatchSampler(dataset.lengths(), batch_size, seed, chunk_batches=50 if bucketing else 1)
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.collate, generator=torch.Generator(), pin_memory=PIN_MEMORY
+        )
 
+    def eval_loader(self, input_ids: list[list[int]], rows: np.ndarray, batch_size: int) -> DataLoader:
+        """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
+        order = sorted(rows, key=lambda r: len(input_ids[int(r)]))
+        dataset = TextDataset(input_ids, np.asarray(order))
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate, pin_memory=PIN_MEMORY)
 
-def eval_loader(input_ids: list[list[int]], rows: np.ndarray, batch_size: int, collate: Collator) -> DataLoader:
-    """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
-    order = sorted(rows, key=lambda r: len(input_ids[int(r)]))
-    dataset = TextDataset(input_ids, np.asarray(order))
-    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=PIN_MEMORY)
+    def texts_loader(self, texts: Sequence[str], batch_size: int) -> DataLoader:
+        """Every text, tokenized, in length-sorted batches."""
+        return self.eval_loader(self.tokenize(texts), np.arange(len(texts)), batch_size)

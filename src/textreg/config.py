@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from textreg.errors import UserError
 from textreg.files import write_text
+from textreg.metrics import METRICS
 
 # Keys that name a run or steer one launch of it, not what it computes: runs that differ only in them share results.
 RUN_KEYS = ("experiment", "folds", "overwrite", "tracking", "train.checkpoint_every")
@@ -240,7 +241,7 @@ class Config(_Section):
     submission_dir: Path = Path("submissions")
     folds: list[int] | None = Field(default=None, description="folds to train; null = all")
     overwrite: bool = Field(default=False, description="delete an existing run folder with another config")
-    metric: Literal["rmse", "mcrmse", "mae"] = Field(default="rmse", description="lower is better")
+    metric: str = Field(default="rmse", description="lower is better; the registry is textreg.metrics.METRICS")
     data: DataConfig
     cv: CVConfig = Field(default_factory=CVConfig)
     model: ModelConfig
@@ -255,6 +256,13 @@ class Config(_Section):
             learners = " or ".join(f"model.kind={name}" for name, kind in KINDS.items() if kind.pseudo_labels)
             raise ValueError(f"data.pseudo_label trains {learners} only")
         return self
+
+    @field_validator("metric")
+    @classmethod
+    def _registered_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; registered: {', '.join(METRICS)}")
+        return value
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> Config:
