@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def show() -> None:
-        runs = load_runs(args.outputs, load_config(args.default))
+        runs = load_runs(args.outputs, load_config(args.default).to_dict())
         table, seeds = experiments_table(runs), seeds_table(runs)
         with pd.option_context("display.max_colwidth", 80, "display.width", 250):
             print(table.to_string(index=False) if len(table) else f"no finished experiment in {args.outputs}")

@@ -270,7 +270,7 @@ def test_launches_into_one_run_folder_at_once_each_keep_their_record(tmp_path):
 
     def launches(worker: int) -> None:
         for n in range(20):
-            RunFolder(cfg.run_dir).prepare(cfg, {"worker": worker, "n": n})
+            RunFolder(cfg.run_dir).prepare(cfg.to_dict(), {"worker": worker, "n": n})
 
     threads = [threading.Thread(target=launches, args=(worker,)) for worker in range(6)]
     for thread in threads:

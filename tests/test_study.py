@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 import study
 from textreg.artifacts import RUN_FORMAT
-from textreg.config import load_config, save_config
+from textreg.config import dump, load_config
 from textreg.errors import UserError
 from textreg.files import write_json
 from textreg.records import ValidationEvent
@@ -50,7 +50,7 @@ def fake_run(run_dir: Path, curves: list[list[float]], n_folds: int | None = Non
     curves leaves the rest unfinished."""
     cfg = load_config(REPO / "configs" / "debug.yaml", [f"cv.n_folds={n_folds or len(curves)}"])
     run_dir.mkdir(parents=True)
-    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "config.yaml").write_text(dump(cfg))
     write_json({"run_format": RUN_FORMAT, "launches": []}, run_dir / "run.json")
     folds = {}
     for k, curve in enumerate(curves):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import merge
 import train
 from textreg import engine
-from textreg.config import load_config, save_config
+from textreg.config import dump, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys
     config = make_config()
     run_dir = tmp_path / "outputs" / "tiny"
     run_dir.mkdir(parents=True)
-    save_config(load_config(config, ["train.lr=0.5"]), run_dir / "config.yaml")
+    (run_dir / "config.yaml").write_text(dump(load_config(config, ["train.lr=0.5"])))
     saved = (run_dir / "config.yaml").read_text()
     (run_dir / "run.json").write_text('{"run_format": 1, "launches": []}')
     assert train.main(["--config", str(config)]) == 2

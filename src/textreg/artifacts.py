@@ -33,7 +33,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from textreg import plots
-from textreg.config import Config, DataConfig, changed_keys, dump, is_run_key, validate
+from textreg.config import Config, DataConfig, changed_keys, is_run_key, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
 from textreg.files import atomic_write, check_safetensors, folder_lock, write_csv, write_json, write_text
@@ -193,13 +193,13 @@ class RunFolder:
             )
 
     # --- writing (main process only)
-    def prepare(self, config: Config, environment: dict) -> None:
-        """After `check_writable`: create (or with overwrite, replace) the folder; record the config and, for every
-        launch into it, where and with what it ran."""
-        if config.overwrite and self.path.exists():
+    def prepare(self, config: dict, environment: dict) -> None:
+        """After `check_writable`: create (or with overwrite, replace) the folder; record the config (a resolved
+        config's dict) and, for every launch into it, where and with what it ran."""
+        if config["overwrite"] and self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        write_text(dump(config), self.path / "config.yaml")
+        write_text(yaml.safe_dump(config, sort_keys=False), self.path / "config.yaml")
         path = self.path / "run.json"
         with folder_lock(self.path):  # launches into one folder at once: each adds its entry to the others'
             launches = json.loads(path.read_text())["launches"] if path.is_file() else []

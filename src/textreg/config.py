@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from textreg.errors import UserError
-from textreg.files import write_text
 from textreg.metrics import METRICS
 
 # Keys that name a run or steer one launch of it, not what it computes: runs that differ only in them share results.
@@ -34,6 +33,13 @@ MINUTES = re.compile(r"(\d+(?:\.\d+)?)min")
 Precision = Annotated[
     Literal["auto", "no", "fp16", "bf16"], BeforeValidator(lambda value: "no" if value is False else value)
 ]
+
+
+def registered(what: str, name: str, registry: dict) -> str:
+    """`name`, if the registry has it; else a validation error that lists what it has."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(registry)}")
+    return name
 
 
 class _Section(BaseModel):
@@ -141,9 +147,7 @@ class ModelConfig(_Section):
     def _registered_kind(cls, value: str) -> str:
         from textreg.members import KINDS  # the registry imports no member: this stays cheap
 
-        if value not in KINDS:
-            raise ValueError(f"unknown member kind {value!r}; registered: {', '.join(KINDS)}")
-        return value
+        return registered("member kind", value, KINDS)
 
 
 class DistillConfig(_Section):
@@ -260,9 +264,7 @@ class Config(_Section):
     @field_validator("metric")
     @classmethod
     def _registered_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; registered: {', '.join(METRICS)}")
-        return value
+        return registered("metric", value, METRICS)
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> Config:
@@ -430,7 +432,3 @@ def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    write_text(dump(cfg), path)

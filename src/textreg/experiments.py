@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 
 from textreg.artifacts import RunFolder
-from textreg.config import Config, changed_keys, is_run_key
+from textreg.config import changed_keys, is_run_key
 from textreg.errors import UserError
 from textreg.records import ValidationEvent
 
 
-def load_runs(output_dir: Path, default: Config) -> list[dict]:
+def load_runs(output_dir: Path, default: dict) -> list[dict]:
     """Each finished run's metrics, its fold histories and the config keys in which it differs from `default`."""
     runs = []
     for run in RunFolder.merged_in(output_dir):
@@ -24,7 +24,7 @@ def load_runs(output_dir: Path, default: Config) -> list[dict]:
             print(f"skipped {run}: written by another version of the template")
             continue
         config = run.load_config().to_dict()  # keys added since get their defaults
-        changed = sorted(k for k in changed_keys(default.to_dict(), config) if not is_run_key(k))
+        changed = sorted(k for k in changed_keys(default, config) if not is_run_key(k))
         runs.append({"metrics": run.metrics(), "config": config, "changed": changed, "histories": run.fold_histories()})
     return runs
 

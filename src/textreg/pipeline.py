@@ -43,7 +43,7 @@ def run_cv(cfg: Config) -> dict | None:
         pseudo = teachers.load_pseudo_labels(cfg.data.pseudo_label, cfg.data, train_df, member.separator)
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
-        run.prepare(cfg, artifacts.describe_environment(folds, member.describe()))
+        run.prepare(cfg.to_dict(), artifacts.describe_environment(folds, member.describe()))
         write_csv(train_df[[cfg.data.id_column, "fold"]], run.folds_file)
         member.save_assets(run.backbone_dir)
     member.wait_for_everyone()
