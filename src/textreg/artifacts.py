@@ -36,7 +36,7 @@ from textreg import plots
 from textreg.config import Config, DataConfig, changed_keys, is_run_key, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
-from textreg.files import atomic_write, check_safetensors, folder_lock, write_csv, write_json, write_text
+from textreg.files import atomic_write, check_safetensors, folder_lock, read_json, write_csv, write_json, write_text
 from textreg.metrics import per_target, score
 from textreg.records import FoldResult, ValidationEvent, read_history
 from textreg.submission import make_submission
@@ -60,6 +60,7 @@ def _comparable(cfg: dict, prefix: str = "") -> dict:
 
 
 def _read_json(path: Path) -> dict:
+    """run.json or the merged metrics.json; the message names merging again as the remedy, as it always has."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -103,7 +104,7 @@ class RunFolder:
         return sorted(int(p.parent.name.removeprefix("fold")) for p in self.path.glob("fold*/metrics.json"))
 
     def fold_metrics(self, fold: int) -> dict:
-        return _read_json(self.fold_file(fold, "metrics.json"))
+        return read_json(self.fold_file(fold, "metrics.json"))
 
     def metrics(self) -> dict:
         """The merged metrics (metrics.json at the top of the folder)."""
@@ -115,7 +116,7 @@ class RunFolder:
     def fold_json(self, fold: int, name: str) -> object | None:
         """A member's extra file of a fold (`FoldResult.extra_json`); None when the fold has none of that name."""
         path = self.fold_file(fold, name)
-        return _read_json(path) if path.is_file() else None
+        return read_json(path) if path.is_file() else None
 
     def load_config(self) -> Config:
         """The saved config, validated (keys added to the template since get their defaults)."""

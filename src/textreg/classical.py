@@ -140,7 +140,9 @@ class ClassicalMember:
 
     # --- what a kind defines
     @classmethod
-    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]):
+    def inputs(
+        cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]
+    ) -> np.ndarray:
         """What the kind fits on, one row per text, computed once for every fold."""
         return np.array(texts, dtype=object)
 
@@ -266,7 +268,9 @@ class EmbeddingRidge(ClassicalMember):
     keeps_backbone_weights = True
 
     @classmethod
-    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]):
+    def inputs(
+        cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]
+    ) -> np.ndarray:
         return embed(backbone, texts, model.max_len, train.eval_batch_size)
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
@@ -281,7 +285,9 @@ class FeaturesGbm(ClassicalMember):
     """`model.kind: features_gbm`: hand-made readability features, then LightGBM, one booster per target."""
 
     @classmethod
-    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]):
+    def inputs(
+        cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]
+    ) -> np.ndarray:
         return feature_matrix(texts, load_tokenizer(str(backbone)))
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
