@@ -212,7 +212,7 @@ def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Pat
     for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
         write_csv(submission, path)
     write_json(report, folder / "weights.json")
-    _track(cfg.tracking, output_dir, report, folder)
+    _track(cfg.tracking, cfg.output_dir, report, folder)
     return report
 
 

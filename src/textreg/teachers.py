@@ -85,8 +85,7 @@ def load_pseudo_labels(
     """The rows of `data.pseudo_label.texts` with the teacher's per-fold predictions of them, checked: same folds
     as this run, a prediction of every row by every fold, and no row that is also a training row."""
     teacher = RunFolder(pseudo.teacher)
-    teacher_cfg = teacher.config()
-    check_teacher(teacher, data, train_df)
+    folds = check_teacher(teacher, data, train_df)  # the same fold of every row as the teacher's
     id_col, targets = data.id_column, data.target_columns
     rows = load_test(data, pseudo.texts)
     path = teacher.predictions_file(pseudo.texts)
@@ -95,7 +94,7 @@ def load_pseudo_labels(
             f"{path} is missing: score the rows first: python src/predict.py {pseudo.teacher} --input {pseudo.texts}"
         )
     predicted = read_csv(path).set_index(id_col)
-    columns = [fold_column(t, k) for k in range(teacher_cfg.cv.n_folds) for t in targets]
+    columns = [fold_column(t, k) for k in sorted(folds.unique()) for t in targets]
     same_rows = predicted.index.astype(str).tolist() == rows[id_col].astype(str).tolist()
     if not set(columns) <= set(predicted.columns) or not same_rows:
         raise UserError(f"{path} does not hold every fold's prediction of every row of {pseudo.texts}; predict again")
