@@ -39,11 +39,8 @@ def plot(result: dict, path: Path, title: str) -> None:
     right.errorbar(result["eval_pred"], result["train_pred_mean"], yerr=result["train_pred_std"], fmt="o", ms=3)
     low, high = min(result["eval_pred"]), max(result["eval_pred"])
     right.plot([low, high], [low, high], color="grey", linewidth=1)
-    right.set(
-        xlabel="prediction, eval mode",
-        ylabel="prediction, train mode (mean ± sd)",
-        title=f"mean shift {result['mean_shift']:+.4f}, mean |shift| {result['mean_abs_shift']:.4f}",
-    )
+    title = f"mean shift {result['mean_shift']:+.4f}, mean |shift| {result['mean_abs_shift']:.4f}"
+    right.set(xlabel="prediction, eval mode", ylabel="prediction, train mode (mean ± sd)", title=title)
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
@@ -58,13 +55,8 @@ def run(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(args.config, args.overrides)
         if cfg.model.dropout.disable:  # the point is to look at dropout: keep the checkpoint's own
-            cfg = cfg.model_copy(
-                update={
-                    "model": cfg.model.model_copy(
-                        update={"dropout": cfg.model.dropout.model_copy(update={"disable": False})}
-                    )
-                }
-            )
+            dropout = cfg.model.dropout.model_copy(update={"disable": False})
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dropout": dropout})})
         path, config = load_backbone_config(cfg.model)
     tokenizer = load_tokenizer(str(path))
     torch.manual_seed(cfg.seed)

@@ -19,13 +19,11 @@ from textreg.files import write_csv
 def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir: Path) -> None:
     if len(sources) == 1 and sources[0].suffix in (".yaml", ".yml"):
         spec = yaml.safe_load(sources[0].read_text()) or {}
-        unknown = set(spec) - {"name", "members"}
-        if unknown or "members" not in spec:
+        if set(spec) - {"name", "members"} or "members" not in spec:
             raise UserError(f"{sources[0]}: an ensemble file has `name` and `members` (got {sorted(spec)})")
         sources, name = [Path(p) for p in spec["members"]], name or spec.get("name")
     name = name or blending.default_name(sources)
-    report = blending.build(sources, name, output_dir, submission_dir)
-    print_report(report)
+    print_report(blending.build(sources, name, output_dir, submission_dir))
     print(
         f"\nweights: {output_dir / 'ensembles' / name / 'weights.json'}; "
         f"submission: {submission_dir / (name + '.csv')} and {submission_dir / 'submission.csv'}"
@@ -48,9 +46,8 @@ def print_report(report: dict) -> None:
 
 def apply(weights: Path, input_path: Path, output: Path, sample: Path | None) -> None:
     result = blending.predict_with_weights(weights, input_path)
-    id_column = result.columns[0]
     if sample is not None:
-        result = blending.check_against_sample(result, sample, id_column)
+        result = blending.check_against_sample(result, sample, result.columns[0])
     write_csv(result, output)
     print(f"{len(result)} predictions written to {output}")
 

@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {entry.about}")
             return
         entry = lookup(registry, args.name, args.registry)
-        fetched = fetch_backbone(args.name, entry, args.dest, args.find_links)
-        state = "fetched into" if fetched else "already in"
+        state = "fetched into" if fetch_backbone(args.name, entry, args.dest, args.find_links) else "already in"
         print(f"{args.name}: {state} {args.dest / entry.folder}\n{how_to_use(entry, args.dest)}")
 
     return run_reporting_user_errors(fetch)

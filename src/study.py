@@ -17,19 +17,10 @@ from pathlib import Path
 
 import torch
 
+from textreg import trials
 from textreg.config import Config, load_config
 from textreg.errors import UserError, run_reporting_user_errors
 from textreg.studies import Study, bounds, load_study, queue, write_summaries
-from textreg.trials import (
-    Launch,
-    enqueue_grid,
-    failed_runs,
-    open_storage,
-    resolve_launcher,
-    trial_records,
-    work,
-    worker_environment,
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,31 +49,29 @@ def main(argv: list[str] | None = None) -> int:
             print(tables(studies, configs, None, folder))  # nothing was ever started here
             return
         folder.mkdir(parents=True, exist_ok=True)  # the default storage's folder
-        storage = open_storage(url, args.heartbeat)
+        storage = trials.open_storage(url, args.heartbeat)
         if args.summary:
             print(tables(studies, configs, storage, folder))
             return
         grid_runs = {run.name: run for run in queue(studies)}
-        launcher = resolve_launcher(args.launcher)
-        launch = Launch(launcher, tuple(overrides), configs[0].output_dir, folder / "logs")
+        launcher = trials.resolve_launcher(args.launcher)
+        launch = trials.Launch(launcher, tuple(overrides), configs[0].output_dir, folder / "logs")
         if args.worker_cpus:  # one of the workers of --workers N: take trials, leave the tables to the command
             if hasattr(os, "sched_setaffinity"):  # Linux
                 os.sched_setaffinity(0, {int(cpu) for cpu in args.worker_cpus.split(",")})
-            work(studies, grid_runs, storage, launch, folder / ".trials.lock")
+            trials.work(studies, grid_runs, storage, launch, folder / ".trials.lock")
             return
         owned = set()
         for entry in studies:  # a run that two files share is a trial of the first
-            enqueue_grid(entry, [run for run in entry.runs if run.name not in owned], storage)
+            trials.enqueue_grid(entry, [run for run in entry.runs if run.name not in owned], storage)
             owned |= {run.name for run in entry.runs}
-        codes = [0]
-        if args.workers > 1:
-            codes = start_workers(args, url, files, overrides)
-        else:
-            work(studies, grid_runs, storage, launch, folder / ".trials.lock")
+        codes = start_workers(args, url, files, overrides) if args.workers > 1 else [0]
+        if args.workers == 1:
+            trials.work(studies, grid_runs, storage, launch, folder / ".trials.lock")
         print(tables(studies, configs, storage, folder))
         if any(codes):
             raise UserError(f"workers exited with {codes}; their errors are above")
-        if failed := failed_runs(studies, storage, started):
+        if failed := trials.failed_runs(studies, storage, started):
             raise UserError(f"runs failed (their logs are in {folder / 'logs'}): {' '.join(failed)}")
 
     return run_reporting_user_errors(study)
@@ -98,11 +87,10 @@ def validate_configs(studies: list[Study], overrides: list[str]) -> list[Config]
 
 
 def tables(studies: list[Study], configs: list[Config], storage, folder: Path) -> str:
-    trials = {entry.name: trial_records(entry, storage) for entry in studies} if storage else {}
+    records = {entry.name: trials.trial_records(entry, storage) for entry in studies} if storage else {}
     run_dirs = {cfg.experiment: cfg.run_dir for cfg in configs}
-    output_dir = configs[0].output_dir
-    run_dirs |= {t["run"]: output_dir / t["run"] for records in trials.values() for t in records if t["run"]}
-    return write_summaries(studies, trials, run_dirs, folder)
+    run_dirs |= {t["run"]: configs[0].output_dir / t["run"] for listed in records.values() for t in listed if t["run"]}
+    return write_summaries(studies, records, run_dirs, folder)
 
 
 def start_workers(args: argparse.Namespace, url: str, files: list[str], overrides: list[str]) -> list[int]:
@@ -112,7 +100,7 @@ def start_workers(args: argparse.Namespace, url: str, files: list[str], override
     gpus = visible or [str(i) for i in range(torch.cuda.device_count())]
     processes = []
     for index in range(args.workers):
-        env, cores = worker_environment(index, args.workers, gpus)
+        env, cores = trials.worker_environment(index, args.workers, gpus)
         command = [sys.executable, __file__, *files, *overrides, "--storage", url, "--launcher", args.launcher]
         command += ["--heartbeat", str(args.heartbeat), "--worker-cpus", ",".join(map(str, sorted(cores)))]
         processes.append(subprocess.Popen(command, env=env))

@@ -46,7 +46,6 @@ FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
 
 
 def fold_column(target: str, fold: int) -> str:
-    """The column of fold `fold`'s prediction of `target` in a file of per-fold predictions."""
     return f"{target}_fold{fold}"
 
 
@@ -74,6 +73,7 @@ class RunFolder:
         self.path = Path(path)
         self.name = self.path.name
         self.backbone_dir = self.path / "backbone"
+        self.run_file = self.path / "run.json"
         self.folds_file = self.path / "folds.csv"
         self.oof_file = self.path / "oof.csv"
         self.test_predictions_file = self.path / "test_predictions.csv"
@@ -87,7 +87,6 @@ class RunFolder:
     def __str__(self) -> str:
         return str(self.path)
 
-    # --- the layout
     def fold_dir(self, fold: int) -> Path:
         return self.path / f"fold{fold}"
 
@@ -98,7 +97,6 @@ class RunFolder:
         """Where `src/predict.py` writes its predictions of a file."""
         return self.path / "predictions" / input_path.name
 
-    # --- reading
     def finished_folds(self) -> list[int]:
         """Folds whose last file (metrics.json, written after the others) is there."""
         return sorted(int(p.parent.name.removeprefix("fold")) for p in self.path.glob("fold*/metrics.json"))
@@ -126,16 +124,13 @@ class RunFolder:
             raise UserError(f"{self.path}/config.yaml is damaged ({err})") from err
 
     def config(self) -> Config:
-        """The config of a run folder of this template's format."""
         if not (self.path / "config.yaml").is_file():
             raise UserError(f"{self.path} is not a run folder (no config.yaml)")
         self.check_format()
         return self.load_config()
 
-    # --- checks
     def check_format(self) -> None:
-        path = self.path / "run.json"
-        found = _read_json(path).get("run_format") if path.is_file() else None
+        found = _read_json(self.run_file).get("run_format") if self.run_file.is_file() else None
         if found != RUN_FORMAT:
             raise UserError(
                 f"{self.path} was written by another version of this template (run format {found}, this one reads "
@@ -183,9 +178,8 @@ class RunFolder:
         version, is refused unless `overwrite=true`."""
         if config["overwrite"] or not (self.path / "config.yaml").is_file():
             return
-        self.check_format()
         # validated, so that keys added to the template since get their defaults, as they do in `config`
-        saved, current = _comparable(self.load_config().to_dict()), _comparable(config)
+        saved, current = _comparable(self.config().to_dict()), _comparable(config)
         if saved != current:
             keys = sorted(changed_keys(saved, current))
             raise UserError(
@@ -193,7 +187,7 @@ class RunFolder:
                 "name a new experiment (experiment=<name>) or pass overwrite=true to replace it"
             )
 
-    # --- writing (main process only)
+    # Writing: the main process only.
     def prepare(self, config: dict, environment: dict) -> None:
         """After `check_writable`: create (or with overwrite, replace) the folder; record the config (a resolved
         config's dict) and, for every launch into it, where and with what it ran."""
@@ -201,10 +195,9 @@ class RunFolder:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(yaml.safe_dump(config, sort_keys=False), self.path / "config.yaml")
-        path = self.path / "run.json"
         with folder_lock(self.path):  # launches into one folder at once: each adds its entry to the others'
-            launches = json.loads(path.read_text())["launches"] if path.is_file() else []
-            write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, path)
+            launches = json.loads(self.run_file.read_text())["launches"] if self.run_file.is_file() else []
+            write_json({"run_format": RUN_FORMAT, "launches": [*launches, environment]}, self.run_file)
 
     def save_fold(
         self,
@@ -286,8 +279,7 @@ class RunFolder:
             "folds": {k: {key: v for key, v in m.items() if key != "history"} for k, m in fold_metrics.items()},
         }
         if not missing:
-            sample = load_sample_submission(cfg.data)
-            submission = make_submission(sample, merged[id_col], test_pred, id_col, targets)
+            submission = make_submission(load_sample_submission(cfg.data), merged[id_col], test_pred, id_col, targets)
             path = cfg.submission_dir / f"{cfg.experiment}.csv"
             write_csv(submission, path)
             metrics["submission"] = str(path)

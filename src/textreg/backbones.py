@@ -172,8 +172,6 @@ def sha256_of(path: Path) -> str:
 
 
 def how_to_use(entry: Backbone, root: Path = BACKBONES_DIR) -> str:
-    folder = root / entry.folder
-    lines = [f"as any config's backbone: model.backbone={folder}"]
-    if entry.config:
-        lines.insert(0, f"train it: accelerate launch src/train.py --config {entry.config}")
+    lines = [f"train it: accelerate launch src/train.py --config {entry.config}"] if entry.config else []
+    lines.append(f"as any config's backbone: model.backbone={root / entry.folder}")
     return "\n".join(f"  {line}" for line in lines)

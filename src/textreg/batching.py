@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,20 +14,14 @@ from transformers import PreTrainedTokenizerBase
 PIN_MEMORY = torch.cuda.is_available()  # page-locked batches: copies to the GPU that need not wait
 
 
+@dataclass(eq=False)
 class TextDataset(Dataset):
     """Rows `rows` of a tokenized table, with their targets when they are known."""
 
-    def __init__(
-        self,
-        input_ids: list[list[int]],
-        rows: np.ndarray,
-        targets: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-    ):
-        self.input_ids = input_ids
-        self.rows = rows
-        self.targets = targets
-        self.weights = weights  # each row's weight in the loss (pseudo-labelled rows weigh less)
+    input_ids: list[list[int]]
+    rows: np.ndarray
+    targets: np.ndarray | None = None
+    weights: np.ndarray | None = None  # each row's weight in the loss (pseudo-labelled rows weigh less)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -44,23 +39,14 @@ class TextDataset(Dataset):
         return [len(self.input_ids[int(r)]) for r in self.rows]
 
 
-GPU_PAD_MULTIPLE = 64  # on a GPU, the default of train.pad_to_multiple_of (docs/speed.md)
-
-
-def pad_multiple(setting: int | None) -> int:
-    """`train.pad_to_multiple_of`; null: 64 on a GPU, where each new (batch, length) shape costs kernel choices
-    (cuDNN plans its fused attention anew for each), 1 on a CPU, where padding is only wasted work."""
-    if setting is not None:
-        return setting
-    return GPU_PAD_MULTIPLE if torch.cuda.is_available() else 1
-
-
 class Collator:
-    """Pads a batch to its longest text, rounded up to a multiple (`pad_multiple`); padded positions are masked."""
+    """Pads a batch to its longest text, rounded up to a multiple of `pad_to_multiple_of`; padded positions are masked.
+    Null: 64 on a GPU, where each new (batch, length) shape costs kernel choices (cuDNN plans its fused attention anew
+    for each; docs/speed.md), 1 on a CPU, where padding is only wasted work."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
         self.pad_token_id = pad_token_id
-        self.multiple = pad_multiple(pad_to_multiple_of)
+        self.multiple = pad_to_multiple_of or (64 if torch.cuda.is_available() else 1)
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         width = -(-max(len(it["input_ids"]) for it in items) // self.multiple) * self.multiple
@@ -78,14 +64,10 @@ class Collator:
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar lengths.
-
-    Indices are shuffled, cut into chunks of `batch_size * chunk_batches`, each chunk sorted by length and cut
-    into batches, and the batches shuffled again: little padding, yet every epoch sees new batches. With
-    `chunk_batches=1` a chunk is one batch: plain shuffled batches. The order depends only on the seed and the
-    epoch set by `set_epoch`, so every process of a distributed run draws the same one, and a fold resumed
-    mid-epoch draws the batches it had not seen yet.
-    """
+    """Shuffled batches of similar lengths: indices shuffled, cut into chunks of `batch_size * chunk_batches`, each
+    chunk sorted by length and cut into batches, the batches shuffled again (little padding, yet new batches every
+    epoch; `chunk_batches=1`: plain shuffled batches). The order depends only on the seed and the epoch (`set_epoch`):
+    every process of a distributed run draws the same, and a fold resumed mid-epoch draws the batches not seen yet."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, chunk_batches: int = 50) -> None:
         self.lengths = lengths
@@ -126,9 +108,8 @@ class TextBatcher:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:  # the fast tokenizers fail on an empty batch
             return []
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_len, return_attention_mask=False)[
-            "input_ids"
-        ]
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_len, return_attention_mask=False)
+        return encoded["input_ids"]
 
     def train_loader(self, dataset: TextDataset, batch_size: int, seed: int, bucketing: bool = True) -> DataLoader:
         """Batches drawn from the seed and the epoch alone. The loader has a generator of its own, so iterating it
@@ -145,5 +126,4 @@ class TextBatcher:
         return DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate, pin_memory=PIN_MEMORY)
 
     def texts_loader(self, texts: Sequence[str], batch_size: int) -> DataLoader:
-        """Every text, tokenized, in length-sorted batches."""
         return self.eval_loader(self.tokenize(texts), np.arange(len(texts)), batch_size)

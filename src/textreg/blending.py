@@ -109,8 +109,7 @@ def _check_names(run_dirs: list[Path]) -> None:
     if len(run_dirs) < 2:
         raise UserError("an ensemble needs at least two experiment folders")
     names = [run_dir.name for run_dir in run_dirs]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
+    if twice := sorted({name for name in names if names.count(name) > 1}):
         raise UserError(f"an ensemble's members need distinct folder names: {twice} given more than once")
 
 
@@ -118,25 +117,16 @@ def _check_blendable(members: list[MemberRun]) -> None:
     """One competition, target and metric, OOF predictions of the same ids, each row in the same fold."""
     first = members[0]
     for other in members[1:]:
-        a, b = other.cfg, first.cfg
-        if (a.data.competition, a.data.target_columns, a.metric) != (
-            b.data.competition,
-            b.data.target_columns,
-            b.metric,
-        ):
+        theirs, ours = ((c.data.competition, c.data.target_columns, c.metric) for c in (other.cfg, first.cfg))
+        if theirs != ours:
             raise UserError(f"{other.name} and {first.name} belong to other competitions, targets or metrics")
         if not other.oof.index.equals(first.oof.index):
             raise UserError(f"{other.name} and {first.name} have OOF predictions for different ids")
-        differ = int((other.oof["fold"] != first.oof["fold"]).sum())
-        if differ:
+        if differ := int((other.oof["fold"] != first.oof["fold"]).sum()):
             raise UserError(
                 f"{other.name} and {first.name} were trained on different folds ({differ} rows in another fold): "
                 "their OOF predictions cannot be blended honestly; train them with the same cv settings"
             )
-
-
-def _matrix(members: list[MemberRun], frame: str, column: str) -> np.ndarray:
-    return np.column_stack([getattr(m, frame)[column].to_numpy() for m in members])
 
 
 def nested_oof(method: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -152,21 +142,17 @@ def fit(members: list[MemberRun]) -> dict:
     """Nested-CV score of every method, the best one refitted on all OOF rows, and each member's own score."""
     cfg, oof = members[0].cfg, members[0].oof
     targets, folds = cfg.data.target_columns, oof["fold"].to_numpy()
-    truth = oof[targets].to_numpy()
+    truth, names = oof[targets].to_numpy(), [m.name for m in members]
+    x = {t: np.column_stack([m.oof[f"{t}_pred"].to_numpy() for m in members]) for t in targets}  # members' predictions
     nested = {}
     for method in METHODS:
-        pred = np.column_stack(
-            [nested_oof(method, _matrix(members, "oof", f"{t}_pred"), oof[t].to_numpy(), folds) for t in targets]
-        )
+        pred = np.column_stack([nested_oof(method, x[t], oof[t].to_numpy(), folds) for t in targets])
         nested[method] = score(cfg.metric, truth, pred)
     best = min(nested, key=nested.get)
     blends = {}
     for t in targets:
-        weights, intercept = METHODS[best](_matrix(members, "oof", f"{t}_pred"), oof[t].to_numpy())
-        blends[t] = {
-            "weights": dict(zip([m.name for m in members], weights.tolist(), strict=True)),
-            "intercept": intercept,
-        }
+        weights, intercept = METHODS[best](x[t], oof[t].to_numpy())
+        blends[t] = {"weights": dict(zip(names, weights.tolist(), strict=True)), "intercept": intercept}
     member_scores = {
         m.name: score(cfg.metric, truth, m.oof[[f"{t}_pred" for t in targets]].to_numpy()) for m in members
     }
@@ -177,10 +163,8 @@ def apply(blends: dict, member_predictions: dict[str, pd.DataFrame], targets: li
     """Blend each member's predictions (frames with one column per target, rows in the same order)."""
     columns = []
     for t in targets:
-        weights = blends[t]["weights"]
-        columns.append(
-            sum(w * member_predictions[name][t].to_numpy() for name, w in weights.items()) + blends[t]["intercept"]
-        )
+        blended = sum(w * member_predictions[name][t].to_numpy() for name, w in blends[t]["weights"].items())
+        columns.append(blended + blends[t]["intercept"])
     return np.column_stack(columns)
 
 
@@ -196,28 +180,22 @@ def default_name(run_dirs: list[Path], limit: int = 100) -> str:
 def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Path) -> dict:
     """Fit, write weights.json and the ensemble's OOF, and make the submission from the members' test files."""
     members = load_members(run_dirs)
-    report = fit(members)
+    report = {"name": name, "member_dirs": {m.name: str(m.run_dir) for m in members}, **fit(members)}
     cfg, targets = members[0].cfg, members[0].cfg.data.target_columns
-    id_col = cfg.data.id_column
     folder = output_dir / "ensembles" / name
-    report = {"name": name, "member_dirs": {m.name: str(m.run_dir) for m in members}, **report}
     oof = members[0].oof[["fold", *targets]].copy()
-    oof[[f"{t}_pred" for t in targets]] = apply(
-        report["blends"], {m.name: _pred_frame(m.oof, targets) for m in members}, targets
-    )
+    predicted = [f"{t}_pred" for t in targets]
+    oof_predictions = {m.name: m.oof[predicted].set_axis(targets, axis=1) for m in members}
+    oof[predicted] = apply(report["blends"], oof_predictions, targets)
     write_csv(oof.reset_index(), folder / "oof.csv")
     ids = members[0].test.index
     blended = apply(report["blends"], {m.name: m.test.loc[ids] for m in members}, targets)
-    submission = make_submission(load_sample_submission(cfg.data), pd.Series(ids), blended, id_col, targets)
+    submission = make_submission(load_sample_submission(cfg.data), pd.Series(ids), blended, cfg.data.id_column, targets)
     for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
         write_csv(submission, path)
     write_json(report, folder / "weights.json")
     _track(cfg.tracking, cfg.output_dir, report, folder)
     return report
-
-
-def _pred_frame(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({t: oof[f"{t}_pred"] for t in targets}, index=oof.index)
 
 
 def _track(tracking: TrackingConfig, output_dir: Path, report: dict, folder: Path) -> None:
@@ -236,14 +214,11 @@ def predict_with_weights(weights_path: Path, input_path: Path, members_root: Pat
     weights blend them. `members_root`: the folder that holds the member folders, when they have moved (a
     Kaggle dataset). Columns: id, then the targets."""
     report = read_json(weights_path)
-    dirs = {
-        name: members_root / name if members_root else Path(run_dir) for name, run_dir in report["member_dirs"].items()
-    }
+    dirs = {name: members_root / name if members_root else Path(path) for name, path in report["member_dirs"].items()}
     per_member = {name: predict_file(run_dir, input_path) for name, run_dir in dirs.items()}
-    first = next(iter(per_member.values()))
     cfg = RunFolder(next(iter(dirs.values()))).load_config()
     targets = cfg.data.target_columns
-    result = first[[cfg.data.id_column]].copy()
+    result = next(iter(per_member.values()))[[cfg.data.id_column]].copy()
     result[targets] = apply(report["blends"], per_member, targets)
     if not np.isfinite(result[targets].to_numpy()).all():
         raise UserError("the blended predictions hold a NaN or infinite value")
@@ -251,12 +226,5 @@ def predict_with_weights(weights_path: Path, input_path: Path, members_root: Pat
 
 
 def check_against_sample(result: pd.DataFrame, sample_path: Path, id_column: str) -> pd.DataFrame:
-    sample = read_csv(sample_path)
-    submission = make_submission(
-        sample,
-        result[id_column],
-        result.drop(columns=id_column).to_numpy(),
-        id_column,
-        list(result.columns.drop(id_column)),
-    )
-    return submission
+    targets = list(result.columns.drop(id_column))
+    return make_submission(read_csv(sample_path), result[id_column], result[targets].to_numpy(), id_column, targets)

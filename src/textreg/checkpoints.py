@@ -52,18 +52,15 @@ class FoldProgress:
     weight_average: list[torch.Tensor] | None = None  # train.ema_decay's average, on the CPU
 
     def to_saved(self) -> dict:
-        saved = {k: v for k, v in vars(self).items() if k not in ("best_pred", "history")}
-        saved["loss_sum"] = self.loss_sum.cpu()
-        saved["best_pred"] = None if self.best_pred is None else torch.from_numpy(self.best_pred)
-        saved["history"] = [event.to_dict() for event in self.history]
-        return saved
+        best_pred = None if self.best_pred is None else torch.from_numpy(self.best_pred)
+        history = [event.to_dict() for event in self.history]
+        return {**vars(self), "loss_sum": self.loss_sum.cpu(), "best_pred": best_pred, "history": history}
 
     @classmethod
     def from_saved(cls, saved: dict) -> FoldProgress:
-        progress = cls(**{k: v for k, v in saved.items() if k not in ("best_pred", "history")})
-        progress.best_pred = None if saved["best_pred"] is None else saved["best_pred"].numpy()
-        progress.history = [ValidationEvent(**event) for event in saved["history"]]
-        return progress
+        best_pred = None if saved["best_pred"] is None else saved["best_pred"].numpy()
+        history = [ValidationEvent(**event) for event in saved["history"]]
+        return cls(**{**saved, "best_pred": best_pred, "history": history})
 
 
 def complete(fold_dir: Path) -> list[Path]:

@@ -14,21 +14,21 @@ that predicting needs (`backbone/`: the tokenizer, and for embeddings the backbo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.sparse import csr_matrix
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from transformers import AutoModel
 
 from textreg.batching import TextBatcher
-from textreg.config import GBMConfig, ModelConfig, TrainConfig
+from textreg.config import ModelConfig, TrainConfig
 from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import launched_processes, set_threads
-from textreg.members import Task
+from textreg.members import Task, TextsWith
 from textreg.metrics import per_target, score
 from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
 from textreg.prediction import predict_rows
@@ -38,72 +38,32 @@ from textreg.records import FoldResult, Listener, ValidationEvent
 TFIDF = {"ngram_range": (1, 2), "min_df": 2, "sublinear_tf": True, "dtype": np.float64}
 
 
+def fit_ridge(features: np.ndarray | csr_matrix, targets: np.ndarray, alpha: float) -> dict:
+    ridge = Ridge(alpha=alpha).fit(features, targets)
+    coef, intercept = np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_)
+    return {"coef": torch.from_numpy(coef), "intercept": torch.from_numpy(intercept)}
+
+
+def predict_ridge(state: dict, features: np.ndarray | csr_matrix) -> np.ndarray:
+    return np.asarray(features @ state["coef"].numpy().T) + state["intercept"].numpy()
+
+
 def fit_tfidf_ridge(texts: list[str], targets: np.ndarray, alpha: float) -> tuple[dict, list[str]]:
     vectorizer = TfidfVectorizer(**TFIDF).fit(texts)
-    ridge = Ridge(alpha=alpha).fit(vectorizer.transform(texts), targets)
-    state = {
-        "idf": torch.from_numpy(vectorizer.idf_),
-        "coef": torch.from_numpy(np.atleast_2d(ridge.coef_)),
-        "intercept": torch.from_numpy(np.atleast_1d(ridge.intercept_)),
-    }
+    state = {"idf": torch.from_numpy(vectorizer.idf_), **fit_ridge(vectorizer.transform(texts), targets, alpha)}
     return state, vectorizer.get_feature_names_out().tolist()
 
 
 def predict_tfidf_ridge(state: dict, vocabulary: list[str], texts: list[str]) -> np.ndarray:
     vectorizer = TfidfVectorizer(**TFIDF, vocabulary=vocabulary)
     vectorizer.idf_ = state["idf"].numpy()
-    features = vectorizer.transform(texts)
-    return np.asarray(features @ state["coef"].numpy().T) + state["intercept"].numpy()
-
-
-def fit_ridge(features: np.ndarray, targets: np.ndarray, alpha: float) -> dict:
-    ridge = Ridge(alpha=alpha).fit(features, targets)
-    return {
-        "coef": torch.from_numpy(np.atleast_2d(ridge.coef_)),
-        "intercept": torch.from_numpy(np.atleast_1d(ridge.intercept_)),
-    }
-
-
-def predict_ridge(state: dict, features: np.ndarray) -> np.ndarray:
-    return features @ state["coef"].numpy().T + state["intercept"].numpy()
-
-
-def fit_gbm(features: np.ndarray, targets: np.ndarray, gbm: GBMConfig, seed: int, threads: int) -> dict:
-    params = {
-        "objective": "regression",
-        "learning_rate": gbm.learning_rate,
-        "num_leaves": gbm.num_leaves,
-        "min_child_samples": gbm.min_child_samples,
-        "subsample": 0.8,
-        "subsample_freq": 1,
-        "colsample_bytree": 0.8,
-        "seed": seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": threads,
-        "verbosity": -1,
-    }
-    import lightgbm  # imported only for this member: a transformer run (or a GPU image without it) never needs it
-
-    state = {}
-    for j in range(targets.shape[1]):
-        data = lightgbm.Dataset(features, targets[:, j], feature_name=list(FEATURES))
-        text = lightgbm.train(params, data, num_boost_round=gbm.rounds).model_to_string()
-        state[f"booster{j}"] = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
-    return state
-
-
-def predict_gbm(state: dict, features: np.ndarray) -> np.ndarray:
-    import lightgbm
-
-    boosters = [lightgbm.Booster(model_str=bytes(state[f"booster{j}"].numpy()).decode()) for j in range(len(state))]
-    return np.stack([booster.predict(features) for booster in boosters], axis=1)
+    return predict_ridge(state, vectorizer.transform(texts))
 
 
 @torch.no_grad()
-def embed(backbone_dir: str | Path, texts: list[str], max_len: int, batch_size: int) -> np.ndarray:
+def embed(backbone_dir: str, texts: list[str], max_len: int, batch_size: int) -> np.ndarray:
     """Mean-pooled last hidden states of the frozen, pretrained backbone."""
-    batcher = TextBatcher(load_tokenizer(str(backbone_dir)), max_len)
+    batcher = TextBatcher(load_tokenizer(backbone_dir), max_len)
     backbone = AutoModel.from_pretrained(backbone_dir).eval()
 
     def forward(batch: dict) -> torch.Tensor:
@@ -140,9 +100,7 @@ class ClassicalMember:
 
     # --- what a kind defines
     @classmethod
-    def inputs(
-        cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]
-    ) -> np.ndarray:
+    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | None, texts: list[str]) -> np.ndarray:
         """What the kind fits on, one row per text, computed once for every fold."""
         return np.array(texts, dtype=object)
 
@@ -228,28 +186,17 @@ class ClassicalMember:
 
     @classmethod
     def predict_folds(
-        cls,
-        model: ModelConfig,
-        train: TrainConfig,
-        task: Task,
-        texts_with: Callable[[str], list[str]],
-        folds: list[int],
+        cls, model: ModelConfig, train: TrainConfig, task: Task, texts_with: TextsWith, folds: list[int]
     ) -> dict[int, np.ndarray]:
-        """Each fold's predictions for the texts, from the run folder alone."""
-        run, backbone = task.run, task.run.backbone_dir
-        if cls.uses_backbone and not backbone.is_dir():  # a run folder made before members kept theirs
+        run, backbone = task.run, str(task.run.backbone_dir)
+        if cls.uses_backbone and not run.backbone_dir.is_dir():  # a run folder made before members kept theirs
             backbone = resolve_backbone(model.backbone)
         inputs = cls.inputs(model, train, backbone if cls.uses_backbone else None, texts_with(cls.separator))
-        predictions = {}
-        for fold in folds:
-            extra = {name: run.fold_json(fold, name) for name in cls.extra_files}
-            predictions[fold] = cls.predict(run.fold_weights(fold), extra, inputs)
-        return predictions
+        extras = {fold: {name: run.fold_json(fold, name) for name in cls.extra_files} for fold in folds}
+        return {fold: cls.predict(run.fold_weights(fold), extras[fold], inputs) for fold in folds}
 
 
 class TfidfRidge(ClassicalMember):
-    """`model.kind: tfidf_ridge`: word 1-2-gram TF-IDF fitted on each fold's own training rows, then ridge."""
-
     uses_backbone = False
     extra_files = ("vocabulary.json",)
 
@@ -263,14 +210,10 @@ class TfidfRidge(ClassicalMember):
 
 
 class EmbeddingRidge(ClassicalMember):
-    """`model.kind: embedding_ridge`: the frozen backbone's mean-pooled embeddings, then ridge."""
-
     keeps_backbone_weights = True
 
     @classmethod
-    def inputs(
-        cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]
-    ) -> np.ndarray:
+    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | None, texts: list[str]) -> np.ndarray:
         return embed(backbone, texts, model.max_len, train.eval_batch_size)
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
@@ -282,17 +225,38 @@ class EmbeddingRidge(ClassicalMember):
 
 
 class FeaturesGbm(ClassicalMember):
-    """`model.kind: features_gbm`: hand-made readability features, then LightGBM, one booster per target."""
-
     @classmethod
-    def inputs(
-        cls, model: ModelConfig, train: TrainConfig, backbone: str | Path | None, texts: list[str]
-    ) -> np.ndarray:
-        return feature_matrix(texts, load_tokenizer(str(backbone)))
+    def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | None, texts: list[str]) -> np.ndarray:
+        return feature_matrix(texts, load_tokenizer(backbone))
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
-        return fit_gbm(inputs, targets, self.model.gbm, self.task.seed, self.threads), {}
+        import lightgbm  # imported only for this member: a transformer run (or a GPU image without it) never needs it
+
+        gbm = self.model.gbm
+        params = {
+            "objective": "regression",
+            "learning_rate": gbm.learning_rate,
+            "num_leaves": gbm.num_leaves,
+            "min_child_samples": gbm.min_child_samples,
+            "subsample": 0.8,
+            "subsample_freq": 1,
+            "colsample_bytree": 0.8,
+            "seed": self.task.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.threads,
+            "verbosity": -1,
+        }
+        state = {}
+        for j in range(targets.shape[1]):
+            data = lightgbm.Dataset(inputs, targets[:, j], feature_name=list(FEATURES))
+            text = lightgbm.train(params, data, num_boost_round=gbm.rounds).model_to_string()
+            state[f"booster{j}"] = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+        return state, {}
 
     @classmethod
     def predict(cls, state: dict, extra: dict, inputs: np.ndarray) -> np.ndarray:
-        return predict_gbm(state, inputs)
+        import lightgbm
+
+        boosters = [lightgbm.Booster(model_str=bytes(state[f"booster{j}"].numpy()).decode()) for j in range(len(state))]
+        return np.stack([booster.predict(inputs) for booster in boosters], axis=1)

@@ -23,27 +23,27 @@ RUN_KEYS = ("experiment", "folds", "overwrite", "tracking", "train.checkpoint_ev
 
 
 def is_run_key(key: str) -> bool:
-    """Whether a dotted key is one of RUN_KEYS or inside one."""
     return any(key == run_key or key.startswith(run_key + ".") for run_key in RUN_KEYS)
 
 
 MINUTES = re.compile(r"(\d+(?:\.\d+)?)min")
 
 # `auto`, or a precision. YAML reads an unquoted `no` as false.
-Precision = Annotated[
-    Literal["auto", "no", "fp16", "bf16"], BeforeValidator(lambda value: "no" if value is False else value)
-]
+Precision = Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
 def registered(what: str, name: str, registry: dict) -> str:
-    """`name`, if the registry has it; else a validation error that lists what it has."""
     if name not in registry:
         raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(registry)}")
     return name
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A description too long for its field's line is the docstring under the field.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 class JoinConfig(_Section):
@@ -60,9 +60,8 @@ class PseudoLabelConfig(_Section):
 
     teacher: Path = Field(description="the teacher's run folder, trained on the same folds")
     texts: Path = Field(description="a CSV of the unlabeled rows, with the id and text columns of the test file")
-    weight: float = Field(
-        default=0.5, gt=0, le=1, description="a pseudo-labelled row's weight in the loss (1: a labelled row's)"
-    )
+    weight: float = Field(default=0.5, gt=0, le=1)
+    """a pseudo-labelled row's weight in the loss (1: a labelled row's)"""
 
 
 class DataConfig(_Section):
@@ -73,9 +72,8 @@ class DataConfig(_Section):
     sample_submission_file: str
     id_column: str
     text_column: str | None = Field(default=None, description="the model input, when it is one column")
-    text_template: str | None = Field(
-        default=None, description="the model input built from columns: '{question}{sep}{answer}'"
-    )
+    text_template: str | None = None
+    """the model input built from columns: '{question}{sep}{answer}'"""
     joins: list[JoinConfig] = Field(default_factory=list)
     target_columns: list[str] = Field(min_length=1)
     standardize_targets: bool = Field(default=False, description="train on z-scores, predict in target units")
@@ -129,11 +127,9 @@ class GBMConfig(_Section):
 
 
 class ModelConfig(_Section):
-    kind: str = Field(
-        default="transformer",
-        description="a fine-tuned backbone (transformer), or a classical member for ensembles (tfidf_ridge, "
-        "embedding_ridge, features_gbm); the registry is textreg.members",
-    )
+    kind: str = "transformer"
+    """a fine-tuned backbone (transformer), or a classical member for ensembles (tfidf_ridge, embedding_ridge,
+    features_gbm); the registry is textreg.members"""
     ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge, embedding_ridge: the ridge penalty")
     gbm: GBMConfig = Field(default_factory=GBMConfig)
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
@@ -164,36 +160,35 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-4, gt=0)
     head_lr: float | None = Field(default=None, gt=0, description="learning rate of pooling + head")
-    layerwise_lr_decay: float = Field(
-        default=1.0, gt=0, le=1, description="each layer's lr is this times the lr of the layer above it"
-    )
+    layerwise_lr_decay: float = Field(default=1.0, gt=0, le=1)
+    """each layer's lr is this times the lr of the layer above it"""
     weight_decay: float = Field(default=0.01, ge=0)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
     grad_accum: int = Field(default=1, ge=1)
     eval_every: int = Field(default=40, ge=1, description="optimizer steps between validations")
-    eval_start: float = Field(
-        default=0.5,
-        ge=0,
-        lt=1,
-        description="share of the training steps before the first validation (no measured run was best earlier)",
-    )
+    eval_start: float = Field(default=0.5, ge=0, lt=1)
+    """share of the training steps before the first validation (no measured run was best earlier)"""
     mixed_precision: Precision = "auto"
     length_bucketing: bool = Field(default=True, description="batches of similar lengths: less padding")
-    pad_to_multiple_of: int | None = Field(
-        default=None,
-        ge=1,
-        description="round each batch's padded length up to this multiple; null: 64 on a GPU (fewer shapes, measured "
-        "faster), 1 on a CPU",
-    )
-
+    pad_to_multiple_of: int | None = Field(default=None, ge=1)
+    """pad each batch to a multiple of this length; null: 64 on a GPU (fewer shapes, measured faster), 1 on a CPU"""
     fused_optimizer: bool = Field(default=True, description="fused AdamW kernel; false: foreach")
-    checkpoint_every: int | str | None = Field(
-        default="15min",
-        description="save the fold's training state every N optimizer steps, or every 'Nmin' minutes; a rerun "
-        "resumes from it; null: never",
-    )
+    checkpoint_every: int | str | None = "15min"
+    """save the fold's training state every N optimizer steps or 'Nmin' minutes; a rerun resumes from it; null: never"""
+    compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
+    """validate and keep an exponential moving average of the weights with this decay (e.g. 0.99)"""
+    cudnn_attention: bool | None = False
+    """CUDA: allow cuDNN's fused attention, which plans each new shape (false: measured faster); null: torch's choice"""
+    gradient_checkpointing: bool = False
+    """keep fewer activations and recompute them in the backward pass: less memory, slower"""
+    threads: int | None = Field(default=None, ge=1)
+    """torch threads per process; null: the cores it may use, shared among this machine's processes"""
+    save_fitted: bool = False
+    """also save each fold's predictions of its own training rows (fold<k>/fitted.csv): a teacher for train.distill"""
+    distill: DistillConfig | None = Field(default=None, description="learn from a teacher run's fold models")
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -202,38 +197,10 @@ class TrainConfig(_Section):
             raise ValueError("give a number of optimizer steps (>= 1), a duration such as '15min', or null")
         return value
 
-    compile: bool = Field(default=False, description="torch.compile the backbone (dynamic shapes)")
-    ema_decay: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="validate and keep an exponential moving average of the weights with this decay (e.g. 0.99)",
-    )
-    cudnn_attention: bool | None = Field(
-        default=False,
-        description="CUDA: allow cuDNN's fused attention, which plans each new shape (false, measured faster: "
-        "PyTorch's other kernels); null: PyTorch's choice",
-    )
-    gradient_checkpointing: bool = Field(
-        default=False, description="keep fewer activations and recompute them in the backward pass: less memory, slower"
-    )
-    threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="torch threads per process; null: the cores it may use, shared among this machine's processes",
-    )
-    save_fitted: bool = Field(
-        default=False,
-        description="also save each fold's predictions of its own training rows (fold<k>/fitted.csv): a teacher "
-        "for train.distill",
-    )
-    distill: DistillConfig | None = Field(default=None, description="learn from a teacher run's fold models")
-
 
 class TrackingConfig(_Section):
-    mode: Literal["auto", "online", "offline", "disabled"] = Field(
-        default="auto", description="auto: online when logged in to W&B, else offline"
-    )
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online when logged in to W&B, else offline"""
     project: str = "textreg"
     entity: str | None = None
 
@@ -252,22 +219,19 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
-    @model_validator(mode="after")
-    def _pseudo_labels_need_a_kind_that_learns_them(self) -> Config:
-        from textreg.members import KINDS
-
-        if self.data.pseudo_label and not KINDS[self.model.kind].pseudo_labels:
-            learners = " or ".join(f"model.kind={name}" for name, kind in KINDS.items() if kind.pseudo_labels)
-            raise ValueError(f"data.pseudo_label trains {learners} only")
-        return self
-
     @field_validator("metric")
     @classmethod
     def _registered_metric(cls, value: str) -> str:
         return registered("metric", value, METRICS)
 
     @model_validator(mode="after")
-    def _folds_in_range(self) -> Config:
+    def _consistent(self) -> Config:
+        """Pseudo-labels only for a kind that learns them; folds in range."""
+        from textreg.members import KINDS
+
+        if self.data.pseudo_label and not KINDS[self.model.kind].pseudo_labels:
+            learners = " or ".join(f"model.kind={name}" for name, kind in KINDS.items() if kind.pseudo_labels)
+            raise ValueError(f"data.pseudo_label trains {learners} only")
         if self.folds is not None:
             bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
             if bad or not self.folds or len(set(self.folds)) != len(self.folds):
@@ -283,9 +247,6 @@ class Config(_Section):
         """Fold assignments, shared by every experiment of the same rows and fold scheme."""
         return self.output_dir / "folds"
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
 
 class PretrainModelConfig(_Section):
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
@@ -293,9 +254,8 @@ class PretrainModelConfig(_Section):
 
 class PretrainSection(_Section):
     output: Path = Field(description="the backbone folder written, e.g. input/backbones/minilm-commonlit-mlm")
-    extra_texts: list[Path] = Field(
-        default_factory=list, description="unlabeled text files: .txt one text a non-empty line, .csv a text column"
-    )
+    extra_texts: list[Path] = Field(default_factory=list)
+    """unlabeled text files: .txt one text a non-empty line, .csv a text column"""
     epochs: int = Field(default=5, ge=1)
     lr: float = Field(default=5e-5, gt=0)
     batch_size: int = Field(default=32, ge=1)
@@ -304,15 +264,13 @@ class PretrainSection(_Section):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
-    valid_share: float = Field(
-        default=0.05, ge=0, lt=1, description="texts held out (fixed by seed) for a masked-LM loss each epoch"
-    )
+    valid_share: float = Field(default=0.05, ge=0, lt=1)
+    """texts held out (fixed by seed) for a masked-LM loss each epoch"""
     seed: int = 42
     mixed_precision: Precision = "auto"
     threads: int | None = Field(default=None, ge=1, description="torch threads per process; null: see train.threads")
-    checkpoint_every: int | None = Field(
-        default=500, ge=1, description="save the training state every N optimizer steps; a rerun resumes; null: never"
-    )
+    checkpoint_every: int | None = Field(default=500, ge=1)
+    """save the training state every N optimizer steps; a rerun resumes; null: never"""
 
 
 class PretrainConfig(_Section):
@@ -324,17 +282,12 @@ class PretrainConfig(_Section):
     pretrain: PretrainSection
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
 
 def _deep_merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _deep_merge(merged[key], value) if nested else value
     return merged
 
 
@@ -366,11 +319,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise UserError(f"override '{item}': value is not valid YAML: {err}") from err
-        *parents, leaf = key.split(".")
-        update: dict = {leaf: value}
-        for parent in reversed(parents):
-            update = {parent: update}
-        result = _deep_merge(result, update)
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        result = _deep_merge(result, value)
     return result
 
 
@@ -386,9 +337,8 @@ def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return changed
 
 
-def _allowed_keys(loc: tuple, root: type[BaseModel] = Config) -> list[str]:
+def _allowed_keys(loc: tuple, model: type[BaseModel]) -> list[str]:
     """The field names of the section at `loc` (to tell the user what an unknown key could have been)."""
-    model = root
     for part in loc:
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -397,25 +347,21 @@ def _allowed_keys(loc: tuple, root: type[BaseModel] = Config) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _format_errors(err: ValidationError, root: type[BaseModel] = Config) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "config"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1], root))}")
-        elif e["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
-        else:
-            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
 def _validated(raw: dict, schema: type[BaseModel]) -> Any:
     """`raw` as a `schema`; every error named by its key, in one UserError."""
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_format_errors(err, schema)) from None
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "config"
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{key}: unknown key; allowed here: {', '.join(_allowed_keys(e['loc'][:-1], schema))}")
+            elif e["type"] == "missing":
+                lines.append(f"{key}: required key is missing")
+            else:
+                lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        raise UserError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
 def validate(raw: dict) -> Config:

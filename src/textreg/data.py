@@ -82,8 +82,7 @@ def load_train(data: DataConfig, cv: CVConfig, seed: int) -> pd.DataFrame:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{path}: target '{col}' is missing or not a number at row {row + 2}")
+            raise UserError(f"{path}: target '{col}' is missing or not a number at row {bad.to_numpy().argmax() + 2}")
         df[col] = values.astype("float64")
     if data.subset is not None and data.subset < len(df):
         df = df.sample(n=data.subset, random_state=seed).sort_index()
@@ -125,25 +124,19 @@ def make_folds(df: pd.DataFrame, cv: CVConfig, target_columns: list[str]) -> np.
     n = len(df)
     if cv.n_folds > n:
         raise UserError(f"cv.n_folds={cv.n_folds} is larger than the {n} training rows")
-    folds = np.full(n, -1, dtype=int)
-    index = np.zeros(n)
     groups = df[cv.group_column] if cv.group_column else None
     if groups is not None and groups.nunique() < cv.n_folds:
         raise UserError(f"cv.group_column '{cv.group_column}' has fewer groups than cv.n_folds={cv.n_folds}")
+    bins = None
     if cv.scheme.startswith("stratified"):
         if cv.n_bins * cv.n_folds > n:
             raise UserError(f"cv.n_bins={cv.n_bins} x cv.n_folds={cv.n_folds} is more than the {n} rows")
-        column = df[cv.stratify_column or target_columns[0]]
-        bins = pd.qcut(column, q=cv.n_bins, labels=False, duplicates="drop")
-        if cv.scheme == "stratified":
-            splits = StratifiedKFold(cv.n_folds, shuffle=True, random_state=cv.seed).split(index, bins)
-        else:
-            splitter = StratifiedGroupKFold(cv.n_folds, shuffle=True, random_state=cv.seed)
-            splits = splitter.split(index, bins, groups=groups)
-    elif cv.scheme == "kfold":
-        splits = KFold(cv.n_folds, shuffle=True, random_state=cv.seed).split(index)
-    else:
-        splits = GroupKFold(cv.n_folds, shuffle=True, random_state=cv.seed).split(index, groups=groups)
+        bins = pd.qcut(df[cv.stratify_column or target_columns[0]], q=cv.n_bins, labels=False, duplicates="drop")
+    splitters = dict(stratified=StratifiedKFold, kfold=KFold, group=GroupKFold, stratified_group=StratifiedGroupKFold)
+    splitter = splitters[cv.scheme](cv.n_folds, shuffle=True, random_state=cv.seed)
+    # groups for the group schemes only: the others ignore them, and sklearn warns when handed them
+    splits = splitter.split(np.zeros(n), bins, groups=groups if "group" in cv.scheme else None)
+    folds = np.full(n, -1, dtype=int)
     for fold, (_, valid_idx) in enumerate(splits):
         folds[valid_idx] = fold
     return folds
@@ -154,8 +147,7 @@ def _folds_file(competition: str, cv: CVConfig, ids: pd.Series, folder: Path) ->
     digest = hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:10]
     group = f"-{cv.group_column}" if "group" in cv.scheme else ""
     bins = f"-{cv.stratify_column or 'target0'}-bins{cv.n_bins}" if cv.scheme.startswith("stratified") else ""
-    name = f"{competition}-{cv.scheme}{group}-k{cv.n_folds}{bins}-seed{cv.seed}-{digest}.csv"
-    return folder / name
+    return folder / f"{competition}-{cv.scheme}{group}-k{cv.n_folds}{bins}-seed{cv.seed}-{digest}.csv"
 
 
 def assign_folds(df: pd.DataFrame, data: DataConfig, cv: CVConfig, folder: Path, is_main: bool = True) -> pd.DataFrame:
@@ -163,8 +155,7 @@ def assign_folds(df: pd.DataFrame, data: DataConfig, cv: CVConfig, folder: Path,
     ids = df[data.id_column]
     path = _folds_file(data.competition, cv, ids, folder)
     if path.is_file():
-        saved = pd.read_csv(path).set_index(data.id_column)["fold"]
-        folds = saved.reindex(ids).to_numpy()
+        folds = pd.read_csv(path).set_index(data.id_column)["fold"].reindex(ids).to_numpy()
     else:
         folds = make_folds(df, cv, data.target_columns)
         if is_main:

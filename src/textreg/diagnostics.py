@@ -8,6 +8,8 @@ under dropout is not the one it makes at evaluation.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,13 +26,10 @@ def dropout_effect(model: RegressionModel, batch: dict[str, torch.Tensor], passe
     keep = batch["attention_mask"].bool()
     current: dict[int, torch.Tensor] = {}
 
-    def hook(index: int):
-        def record(module: nn.Module, inputs, output) -> None:
-            current[index] = (output[0] if isinstance(output, tuple) else output)[keep].double()
+    def record(index: int, module: nn.Module, inputs, output) -> None:
+        current[index] = (output[0] if isinstance(output, tuple) else output)[keep].double()
 
-        return record
-
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles = [layer.register_forward_hook(partial(record, i)) for i, layer in enumerate(layers)]
     try:
         model.eval()
         eval_pred = model.to_target_units(model(**batch)).numpy()
@@ -52,14 +51,9 @@ def dropout_effect(model: RegressionModel, batch: dict[str, torch.Tensor], passe
     for i, reference in sorted(eval_out.items()):
         mean = total[i] / passes
         spread = (squares[i] / passes - mean**2).clamp(min=0).sqrt()
+        shift, noise = float((mean - reference).abs().mean()), float(spread.mean())
         scale = float(reference.std())
-        rows.append(
-            {
-                "layer": i,
-                "shift": float((mean - reference).abs().mean()) / scale,
-                "noise": float(spread.mean()) / scale,
-            }
-        )
+        rows.append({"layer": i, "shift": shift / scale, "noise": noise / scale})
     train_preds = np.stack(train_preds)
     train_mean_pred = train_preds.mean(axis=0)
     return {

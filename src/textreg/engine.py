@@ -28,7 +28,7 @@ from textreg.config import ModelConfig, TrainConfig
 from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_cudnn_attention, set_threads
-from textreg.members import Task
+from textreg.members import Task, TextsWith
 from textreg.metrics import per_target, score
 from textreg.model import (
     RegressionModel,
@@ -103,8 +103,7 @@ class TransformerMember:
         set_seed(seed)
         train_set = TextDataset(self.ids, train_rows, targets.astype(np.float32))
         if pseudo is not None:  # the pseudo-labelled rows follow the labelled ones
-            pseudo_targets, weight = pseudo
-            n, extra = len(self.ids), len(self.pseudo_ids)
+            (pseudo_targets, weight), n, extra = pseudo, len(self.ids), len(self.pseudo_ids)
             weights = np.concatenate([np.ones(n), np.full(extra, weight)]).astype(np.float32)
             all_targets = np.concatenate([targets, pseudo_targets]).astype(np.float32)
             rows = np.concatenate([train_rows, n + np.arange(extra)])
@@ -145,12 +144,7 @@ class TransformerMember:
 
     @classmethod
     def predict_folds(
-        cls,
-        model: ModelConfig,
-        train: TrainConfig,
-        task: Task,
-        texts_with: Callable[[str], list[str]],
-        folds: list[int],
+        cls, model: ModelConfig, train: TrainConfig, task: Task, texts_with: TextsWith, folds: list[int]
     ) -> dict[int, np.ndarray]:
         """Each fold's checkpoint on the backbone rebuilt from the run's `backbone/` folder: offline."""
         run, device = task.run, torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,9 +152,8 @@ class TransformerMember:
         batcher = TextBatcher(load_tokenizer(str(run.backbone_dir)), model.max_len, train.pad_to_multiple_of)
         texts = texts_with(batcher.separator)
         loader = batcher.texts_loader(texts, train.eval_batch_size)
-        net = (
-            build_model(model, len(task.targets), None, AutoConfig.from_pretrained(run.backbone_dir)).to(device).eval()
-        )
+        net = build_model(model, len(task.targets), None, AutoConfig.from_pretrained(run.backbone_dir))
+        net.to(device).eval()
 
         def forward(batch: dict) -> torch.Tensor:
             return net.to_target_units(net(batch["input_ids"], batch["attention_mask"]))
@@ -190,13 +183,6 @@ def elapsed_since(tick: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # sync: at validations, checkpoints and epoch ends, never every step
     return time.perf_counter() - tick
-
-
-def epoch_steps(n_batches: int, processes: int, grad_accum: int = 1) -> int:
-    """Optimizer steps in an epoch of `n_batches`, counted over all processes together. Each process gets
-    ceil(n_batches / processes) of them (Accelerate's even batches: a short share starts the epoch again) and
-    steps every `grad_accum` batches and at its last one."""
-    return processes * math.ceil(math.ceil(n_batches / processes) / grad_accum)
 
 
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
@@ -282,10 +268,10 @@ class StepPlan:
         max_steps: int | None = None,
         eval_start: float = 0.0,
     ) -> StepPlan:
-        per_epoch = epoch_steps(n_batches, processes, grad_accum)
-        total = per_epoch * epochs
-        if max_steps:
-            total = min(total, max_steps)
+        # Each process gets ceil(n_batches / processes) batches of an epoch (Accelerate's even batches: a short share
+        # starts the epoch again) and steps every `grad_accum` batches and at its last one.
+        per_epoch = processes * math.ceil(math.ceil(n_batches / processes) / grad_accum)
+        total = min(per_epoch * epochs, max_steps or math.inf)
         return cls(per_epoch, total, math.ceil(eval_start * total))
 
     def fingerprint(self, processes: int) -> dict:
@@ -324,7 +310,7 @@ def optimizer_step(
 
 @dataclasses.dataclass
 class Validator:
-    """Scores a prepared model on its fold's validation rows, keeping the best step's weights and predictions."""
+    """Scores a prepared model on its fold's validation rows, keeping the best step's weights, and restores them."""
 
     accelerator: Accelerator
     model: nn.Module
@@ -362,6 +348,28 @@ class Validator:
         progress.history.append(event)
         return event
 
+    def best_result(
+        self, progress: checkpoints.FoldProgress, test_dl: DataLoader, n_test: int, fitted_dl: DataLoader | None
+    ) -> FoldResult:
+        """The best step's weights back in the model, its test predictions (and its fitted ones, NaN off their rows)."""
+        accelerator, model = self.accelerator, self.model
+        accelerator.unwrap_model(model).load_state_dict(progress.best_state)
+        test_pred = predict(accelerator, model, test_dl, n_test)
+        fitted_pred = predict(accelerator, model, fitted_dl, len(self.targets)) if fitted_dl else None
+        accelerator.free_memory()
+        return FoldResult(
+            fold=self.fold,
+            best_score=progress.best_score,
+            best_step=progress.best_step,
+            valid_pred=progress.best_pred,
+            test_pred=test_pred,
+            state=progress.best_state,
+            train_seconds=progress.train_seconds,
+            train_samples_per_second=progress.samples / max(progress.train_seconds, 1e-9),
+            history=progress.history,
+            fitted_pred=fitted_pred,
+        )
+
 
 def train_fold(
     accelerator: Accelerator,
@@ -394,12 +402,9 @@ def train_fold(
         f"accumulated, {steps.per_epoch} optimizer steps an epoch, {steps.total} in all, validation every "
         f"{train.eval_every} steps from step {steps.first_eval}"
     )
-    scheduler = get_scheduler(
-        train.scheduler if train.scheduler != "constant" else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=int(train.warmup_ratio * steps.total),
-        num_training_steps=steps.total,
-    )
+    schedule_name = train.scheduler if train.scheduler != "constant" else "constant_with_warmup"
+    warmup = int(train.warmup_ratio * steps.total)
+    scheduler = get_scheduler(schedule_name, optimizer, num_warmup_steps=warmup, num_training_steps=steps.total)
     units = model  # the bare model, for the target scaling buffers
     sampler = loaders["train"].batch_sampler
     model, optimizer, train_dl, valid_dl, test_dl, scheduler = accelerator.prepare(
@@ -455,36 +460,7 @@ def train_fold(
         progress.train_seconds += elapsed_since(tick, accelerator.device)
     bar.close()
     fitted_dl = accelerator.prepare(loaders["fitted"]) if "fitted" in loaders else None
-    return finish_fold(accelerator, model, progress, fold, test_dl, n_test, fitted_dl, len(targets))
-
-
-def finish_fold(
-    accelerator: Accelerator,
-    model: nn.Module,
-    progress: checkpoints.FoldProgress,
-    fold: int,
-    test_dl: DataLoader,
-    n_test: int,
-    fitted_dl: DataLoader | None,
-    n_rows: int,
-) -> FoldResult:
-    """The best step's weights back in the model, its test predictions (and its fitted ones, NaN off their rows)."""
-    accelerator.unwrap_model(model).load_state_dict(progress.best_state)
-    test_pred = predict(accelerator, model, test_dl, n_test)
-    fitted_pred = predict(accelerator, model, fitted_dl, n_rows) if fitted_dl else None
-    accelerator.free_memory()
-    return FoldResult(
-        fold=fold,
-        best_score=progress.best_score,
-        best_step=progress.best_step,
-        valid_pred=progress.best_pred,
-        test_pred=test_pred,
-        state=progress.best_state,
-        train_seconds=progress.train_seconds,
-        train_samples_per_second=progress.samples / max(progress.train_seconds, 1e-9),
-        history=progress.history,
-        fitted_pred=fitted_pred,
-    )
+    return validator.best_result(progress, test_dl, n_test, fitted_dl)
 
 
 def resume(

@@ -31,8 +31,8 @@ def choose_mixed_precision(setting: str) -> str:
     return "bf16" if cpu_supports_bf16() else "no"
 
 
-def local_processes() -> int:
-    for name in LOCAL_SIZE_VARIABLES:
+def processes_set_by_launcher(variables: tuple[str, ...]) -> int:
+    for name in variables:
         if os.environ.get(name, "").isdigit():
             return max(1, int(os.environ[name]))
     return 1
@@ -43,15 +43,12 @@ def default_threads() -> int:
     OMP_NUM_THREADS=1, which torch would otherwise follow: one core for the whole run. Dividing never
     oversubscribes: processes that share one set of cores split it, and a process pinned to its own core keeps 1."""
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, allowed // local_processes())
+    return max(1, allowed // processes_set_by_launcher(LOCAL_SIZE_VARIABLES))
 
 
 def launched_processes() -> int:
     """Processes of the whole run, on every machine (torchrun's WORLD_SIZE, Open MPI's, MPICH's)."""
-    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
-        if os.environ.get(name, "").isdigit():
-            return max(1, int(os.environ[name]))
-    return 1
+    return processes_set_by_launcher(("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))
 
 
 def set_threads(threads: int | None) -> int:

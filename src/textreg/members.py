@@ -36,6 +36,9 @@ class Task:
     run: RunFolder
 
 
+TextsWith = Callable[[str], list[str]]  # the texts to predict, given what `{sep}` becomes
+
+
 class Member(Protocol):
     """A kind: `kind(model, train, task)` builds one for training; `kind.predict_folds` predicts from a run folder."""
 
@@ -63,16 +66,9 @@ class Member(Protocol):
 
     @classmethod
     def predict_folds(
-        cls,
-        model: ModelConfig,
-        train: TrainConfig,
-        task: Task,
-        texts_with: Callable[[str], list[str]],
-        folds: list[int],
+        cls, model: ModelConfig, train: TrainConfig, task: Task, texts_with: TextsWith, folds: list[int]
     ) -> dict[int, np.ndarray]:
-        """Each fold's predictions from the run folder (`task.run`) alone; `texts_with(separator)` builds the texts
-        to predict."""
-        ...
+        """Each fold's predictions from the run folder (`task.run`) alone, for the texts `texts_with(separator)`."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ def _is_dropout_attribute(name: str, value: object) -> bool:
 
 
 def load_backbone_config(model_cfg: ModelConfig) -> tuple[str, PretrainedConfig]:
-    """Load the backbone's config and apply the dropout settings to it."""
     path, config = backbone_config(model_cfg.backbone)
     apply_dropout_config(config, model_cfg.dropout)
     return path, config
@@ -212,8 +211,7 @@ def reinit_top_layers(backbone: nn.Module, k: int) -> None:
 
 def layer_depth(name: str, n_layers: int) -> int:
     """0 for embeddings, i + 1 for encoder layer i, n_layers for anything above (final norms, pooling)."""
-    match = re.search(r"\.layers?\.(\d+)\.", name)
-    if match:
+    if match := re.search(r"\.layers?\.(\d+)\.", name):
         return int(match.group(1)) + 1
     return 0 if "embeddings" in name else n_layers
 

@@ -38,9 +38,8 @@ def run_cv(cfg: Config) -> dict | None:
     check_files_to_read(run, folds, cfg.overwrite)
     train_df = assign_folds(train_df, cfg.data, cfg.cv, cfg.folds_dir, member.is_main_process)
     teacher = teachers.load_teacher(cfg.train.distill, cfg.data, train_df, folds) if cfg.train.distill else None
-    pseudo = None
-    if cfg.data.pseudo_label:
-        pseudo = teachers.load_pseudo_labels(cfg.data.pseudo_label, cfg.data, train_df, member.separator)
+    pseudo_label = cfg.data.pseudo_label
+    pseudo = teachers.load_pseudo_labels(pseudo_label, cfg.data, train_df, member.separator) if pseudo_label else None
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
         run.prepare(cfg.to_dict(), artifacts.describe_environment(folds, member.describe()))
@@ -58,6 +57,10 @@ def run_cv(cfg: Config) -> dict | None:
         member.prepare(texts, test_texts, targets, len(to_fit), pseudo.texts if pseudo else [])
     tracker = Tracker(cfg.tracking, cfg.experiment, cfg.output_dir, member.is_main_process)
     fold_of_row = train_df["fold"].to_numpy()
+
+    def log_event(event: ValidationEvent) -> None:
+        tracker.log(wandb_values(event, cfg.metric, cfg.data.target_columns), event.step)
+
     for fold in folds:
         if fold not in to_fit:
             member.print(f"fold {fold}: finished before, kept (overwrite=true trains every fold again)")
@@ -68,14 +71,8 @@ def run_cv(cfg: Config) -> dict | None:
         ids = train_df[cfg.data.id_column]
         fold_targets = teacher.targets(fold, targets, ids, train_rows) if teacher else targets
         with tracker.fold_run(fold, cfg.to_dict()):
-            result = member.fit_fold(
-                fold,
-                train_rows,
-                valid_rows,
-                fold_targets,
-                lambda e: tracker.log(wandb_values(e, cfg.metric, cfg.data.target_columns), e.step),
-                (pseudo.targets(fold), pseudo.weight) if pseudo else None,
-            )
+            fold_pseudo = (pseudo.targets(fold), pseudo.weight) if pseudo else None
+            result = member.fit_fold(fold, train_rows, valid_rows, fold_targets, log_event, fold_pseudo)
             tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
             if member.is_main_process:
                 test_ids, train_ids = test_df[cfg.data.id_column], ids.iloc[train_rows]
@@ -84,9 +81,7 @@ def run_cv(cfg: Config) -> dict | None:
         member.print(f"fold {fold}: best val {cfg.metric} {result.best_score:.4f} at step {result.best_step}")
         member.wait_for_everyone()
 
-    if not member.is_main_process:
-        return None
-    return finish_experiment(run, cfg, tracker)
+    return finish_experiment(run, cfg, tracker) if member.is_main_process else None
 
 
 def check_files_to_read(run: RunFolder, folds: list[int], overwrite: bool) -> None:
@@ -134,16 +129,13 @@ def wandb_values(event: ValidationEvent, metric: str, targets: list[str]) -> dic
         "train/epoch": event.epoch,
     }
     if len(targets) > 1:
-        for target, value in zip(targets, event.val_per_target, strict=True):
-            values[f"val/{metric}_{target}"] = value
+        values.update({f"val/{metric}_{t}": value for t, value in zip(targets, event.val_per_target, strict=True)})
     return {key: value for key, value in values.items() if value is not None}  # a one-shot fit has no loss or lr
 
 
 def summary_line(metrics: dict) -> str:
     folds = ", ".join(f"{k}: {m['score']:.4f}" for k, m in metrics["folds"].items())
-    line = (
-        f"CV {metrics['metric']} {metrics['cv_score']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s training"
-    )
+    cv = f"CV {metrics['metric']} {metrics['cv_score']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s training"
     if metrics["folds_missing"]:
-        return line + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
-    return line + f"; submission: {metrics['submission']}"
+        return cv + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
+    return cv + f"; submission: {metrics['submission']}"

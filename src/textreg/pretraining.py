@@ -13,7 +13,6 @@ import math
 import random
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,18 +64,16 @@ def checkpoint_dir(output: Path) -> Path:
 
 def read_extra_texts(path: Path) -> list[str]:
     """An unlabeled text file: `.txt` one text per non-empty line, or `.csv` with a `text` column."""
+    if path.suffix not in (".txt", ".csv"):
+        raise UserError(f"pretrain.extra_texts: {path}: give a .txt (one text a line) or a .csv (a 'text' column)")
+    if not path.is_file():
+        raise UserError(f"pretrain.extra_texts: file not found: {path}")
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise UserError(f"pretrain.extra_texts: file not found: {path}")
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".csv":
-        if not path.is_file():
-            raise UserError(f"pretrain.extra_texts: file not found: {path}")
-        df = read_csv(path)
-        if "text" not in df.columns:
-            raise UserError(f"pretrain.extra_texts: {path} has no 'text' column; it has {list(df.columns)}")
-        return [t.strip() for t in df["text"].dropna().astype(str) if t.strip()]
-    raise UserError(f"pretrain.extra_texts: {path}: give a .txt (one text a line) or a .csv (a 'text' column)")
+    df = read_csv(path)
+    if "text" not in df.columns:
+        raise UserError(f"pretrain.extra_texts: {path} has no 'text' column; it has {list(df.columns)}")
+    return [t.strip() for t in df["text"].dropna().astype(str) if t.strip()]
 
 
 def gather_texts(data: DataConfig, extra_texts: list[Path], sep: str) -> list[str]:
@@ -97,23 +94,16 @@ def split_texts(texts: list[str], valid_share: float, seed: int) -> tuple[list[s
     return [texts[i] for i in order[n_valid:]], [texts[i] for i in order[:n_valid]]
 
 
-@contextmanager
-def _quiet_transformers():
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
 def load_mlm_model(path: str, say=print) -> PreTrainedModel:
     """The backbone with a masked-LM head. A sentence-transformers checkpoint has only the encoder: its head starts
     fresh, which is expected; one line says so instead of transformers' table of missing keys."""
-    with _quiet_transformers():
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
         model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
-    fresh = sorted(info["missing_keys"])
-    if fresh:
+    finally:
+        hf_logging.set_verbosity(previous)
+    if fresh := sorted(info["missing_keys"]):
         say(f"masked-LM head: {len(fresh)} tensor(s) initialised fresh (the checkpoint has none), e.g. {fresh[0]}")
     return model
 
@@ -133,11 +123,10 @@ def held_out_batches(
 ) -> list[dict]:
     """The held-out texts masked once, by the seed: every epoch's validation loss is over the same masked tokens,
     and masking them leaves the global random state (the training masks' and dropout's) untouched."""
-    pad = batcher.collate
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return [
-            mask(masker, pad([{"input_ids": x, "row": 0} for x in ids[i : i + batch_size]]), special_ids)
+            mask(masker, batcher.collate([{"input_ids": x, "row": 0} for x in ids[i : i + batch_size]]), special_ids)
             for i in range(0, len(ids), batch_size)
         ]
 

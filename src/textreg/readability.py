@@ -52,11 +52,10 @@ def text_features(text: str, tokenizer: PreTrainedTokenizerBase) -> list[float]:
     words = WORD.findall(text)
     n_words = max(len(words), 1)
     n_sentences = max(len(SENTENCE_END.findall(text.strip())), 1)
-    letters = sum(len(w) for w in words)
     syllable_counts = [syllables(w) for w in words] or [1]
     polysyllables = sum(s >= 3 for s in syllable_counts)
     pieces = [len(ids) for ids in tokenizer(words, add_special_tokens=False)["input_ids"]] if words else [1]
-    per_word, per_sentence = letters / n_words, n_words / n_sentences
+    per_word, per_sentence = sum(len(w) for w in words) / n_words, n_words / n_sentences
     syllables_per_word = sum(syllable_counts) / n_words
     values = {
         "chars": len(text),

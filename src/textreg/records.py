@@ -43,5 +43,4 @@ class FoldResult:
 
 
 def read_history(fold_metrics: dict) -> list[ValidationEvent]:
-    """The validation events of a fold's metrics.json."""
     return [ValidationEvent(**event) for event in fold_metrics["history"]]

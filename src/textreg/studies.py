@@ -93,17 +93,12 @@ def load_study(path: Path) -> Study:
 
 def _load_grid(path: Path, spec: dict) -> Study:
     prefix, seeds, common = spec.get("prefix", path.stem), spec.get("seeds", [42]), spec.get("overrides", [])
-    runs = [
-        Run(
-            f"{prefix}-{entry['name']}-seed{seed}",
-            entry["name"],
-            entry.get("config", DEFAULT_CONFIG),
-            (*common, *entry.get("overrides", []), f"seed={seed}"),
-            seed,
-        )
-        for entry in spec["settings"]
-        for seed in entry.get("seeds", seeds)
-    ]
+    runs = []
+    for entry in spec["settings"]:
+        for seed in entry.get("seeds", seeds):
+            name, config = entry["name"], entry.get("config", DEFAULT_CONFIG)
+            overrides = (*common, *entry.get("overrides", []), f"seed={seed}")
+            runs.append(Run(f"{prefix}-{name}-seed{seed}", name, config, overrides, seed))
     if spec.get("baseline") not in {run.setting for run in runs}:
         raise UserError(f"{path}: baseline {spec.get('baseline')!r} is not one of its settings")
     return Study(path.stem, spec["baseline"], runs)
@@ -120,17 +115,10 @@ def _load_search(path: Path, spec: dict) -> Study:
     if pruner is not None and (not isinstance(pruner, dict) or set(pruner) - PRUNER_KEYS):
         raise UserError(f"{path}: `pruner` is null (no pruning) or takes {sorted(PRUNER_KEYS)}")
     pruner = None if pruner is None else {"n_startup_trials": 3, "n_warmup_steps": 0, **pruner}
-    return Study(
-        path.stem,
-        search=Search(
-            spec.get("prefix", path.stem),
-            spec.get("config", DEFAULT_CONFIG),
-            (*spec.get("overrides", []), f"seed={spec.get('seed', 42)}"),
-            trials,
-            tuple(_param(path, key, value) for key, value in search["params"].items()),
-            pruner,
-        ),
-    )
+    prefix, config = spec.get("prefix", path.stem), spec.get("config", DEFAULT_CONFIG)
+    overrides = (*spec.get("overrides", []), f"seed={spec.get('seed', 42)}")
+    params = tuple(_param(path, key, value) for key, value in search["params"].items())
+    return Study(path.stem, search=Search(prefix, config, overrides, trials, params, pruner))
 
 
 def _param(path: Path, key: str, spec: object) -> Param:
@@ -190,10 +178,8 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
         }
     base = rows.get(study.baseline)
     for row in rows.values():
-        row["delta"] = row["cv"] - base["cv"] if base else None
-        row["folds_better"] = (
-            sum(a < b for a, b in zip(row["fold_scores"], base["fold_scores"], strict=True)) if base else None
-        )
+        better = sum(a < b for a, b in zip(row["fold_scores"], base["fold_scores"], strict=True)) if base else None
+        row["delta"], row["folds_better"] = (row["cv"] - base["cv"] if base else None), better
     return list(rows.values())
 
 
@@ -234,15 +220,8 @@ def search_rows(trials: list[dict], run_dirs: dict[str, Path]) -> list[dict]:
     for trial in (t for t in trials if not t["skipped"] and t["state"] != "WAITING"):
         run = RunFolder(run_dirs[trial["run"]])
         metrics = run.metrics() if run.is_finished() else {}
-        folds = trial["fold_scores"]
-        rows.append(
-            {
-                **trial,
-                "cv": metrics.get("cv_score"),
-                "metric": metrics.get("metric"),
-                "last_fold": max(folds, default=None),
-            }
-        )
+        last_fold = max(trial["fold_scores"], default=None)
+        rows.append({**trial, "cv": metrics.get("cv_score"), "metric": metrics.get("metric"), "last_fold": last_fold})
     return sorted(rows, key=lambda r: (r["cv"] is None, r["cv"] or 0, r["state"], r["number"]))
 
 
@@ -258,8 +237,7 @@ def search_markdown(study: Study, rows: list[dict]) -> str:
         state = r["state"].lower() + (f" at fold {r['last_fold']}" if r["state"] == "PRUNED" else "")
         folds = " ".join(f"{score:.4f}" for _, score in sorted(r["fold_scores"].items()))
         lines.append(f"| {r['run']} | {values} | {cv} | {folds} | {state} |")
-    best = next((r for r in rows if r["cv"] is not None), None)
-    if best:
+    if best := next((r for r in rows if r["cv"] is not None), None):
         lines.append(f"\nbest: {best['run']} ({best['cv']:.4f}): " + " ".join(f"{k}={best['params'][k]}" for k in keys))
     return "\n".join(lines)
 
@@ -276,12 +254,8 @@ def write_summaries(
     tables = []
     for study in studies:
         known = trials.get(study.name, [])
-        if study.search:
-            rows = search_rows(known, run_dirs)
-            table = search_markdown(study, rows)
-        else:
-            rows = summarize(study, run_dirs)
-            table = markdown(study, rows)
+        rows = search_rows(known, run_dirs) if study.search else summarize(study, run_dirs)
+        table = (search_markdown if study.search else markdown)(study, rows)
         counts = state_counts(known) if study.name in trials else None
         if counts:
             table += "\n\ntrials: " + ", ".join(f"{n} {state}" for state, n in counts.items())

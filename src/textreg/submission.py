@@ -38,6 +38,5 @@ def check_submission(submission: pd.DataFrame, sample: pd.DataFrame, id_column: 
         raise UserError(f"submission columns {list(submission.columns)} != sample's {list(sample.columns)}")
     if not submission[id_column].equals(sample[id_column]):
         raise UserError("submission ids are not the sample submission's ids in the same order")
-    values = submission.drop(columns=id_column).to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
+    if not np.isfinite(submission.drop(columns=id_column).to_numpy(dtype=np.float64)).all():
         raise UserError("submission holds a NaN or infinite prediction")

@@ -47,8 +47,7 @@ def load_teacher(distill: DistillConfig, data: DataConfig, train_df: pd.DataFram
         if not path.is_file():
             raise UserError(f"{path} is missing: train the teacher with train.save_fitted=true")
         table = read_csv(path).set_index(id_col)[[f"{t}_pred" for t in targets]]
-        expected = student_folds.index[student_folds != fold]
-        if table.index.sort_values().tolist() != expected.sort_values().tolist():
+        if table.index.sort_values().tolist() != student_folds.index[student_folds != fold].sort_values().tolist():
             raise UserError(f"{path} does not hold exactly the fold's training rows; train the teacher fold again")
         fitted[fold] = table
     return Teacher(distill, fitted)
@@ -100,6 +99,5 @@ def load_pseudo_labels(
         raise UserError(f"{path} does not hold every fold's prediction of every row of {pseudo.texts}; predict again")
     if rows[id_col].astype(str).isin(train_df[id_col].astype(str)).any():
         raise UserError(f"{pseudo.texts} holds training rows (ids of {data.train_file}): unlabeled rows only")
-    return PseudoLabels(
-        predicted[columns].reset_index(drop=True), model_inputs(rows, data, separator), targets, pseudo.weight
-    )
+    texts = model_inputs(rows, data, separator)
+    return PseudoLabels(predicted[columns].reset_index(drop=True), texts, targets, pseudo.weight)

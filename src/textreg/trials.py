@@ -33,7 +33,7 @@ import optuna
 import psutil
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from textreg.artifacts import RunFolder
 from textreg.errors import UserError
@@ -66,8 +66,7 @@ class Launch:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """The heartbeat and its retry callback are marked experimental, and Optuna expects heartbeats only inside
-    study.optimize, which cannot skip a trial without training it: these warnings say nothing to the user."""
+    """Silence the warnings of the experimental heartbeat, used outside study.optimize (which cannot skip a trial)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
@@ -116,9 +115,7 @@ def storage_trial_id(storage: BaseStorage, study_db: optuna.Study, trial: optuna
 def optuna_study(study: Study, storage: BaseStorage) -> optuna.Study:
     """The study file's Optuna study, made on first use. A search samples with TPE and prunes on fold scores."""
     search = study.search
-    pruner = optuna.pruners.NopPruner()
-    if search and search.pruner:
-        pruner = optuna.pruners.MedianPruner(**search.pruner)
+    pruner = optuna.pruners.MedianPruner(**search.pruner) if search and search.pruner else optuna.pruners.NopPruner()
     sampler = optuna.samplers.TPESampler() if search else optuna.samplers.RandomSampler()
     return optuna.create_study(
         study_name=study.name, storage=storage, sampler=sampler, pruner=pruner, load_if_exists=True
@@ -157,10 +154,8 @@ def failed_runs(studies: list[Study], storage: BaseStorage, since: datetime) -> 
     """Runs whose last trial that trained failed after `since` (a failed grid run is tried again next time)."""
     failed = []
     for study in studies:
-        last: dict[str, optuna.trial.FrozenTrial] = {}
-        for trial in optuna_study(study, storage).get_trials(deepcopy=False):
-            if trial.user_attrs.get("run") and not trial.user_attrs.get("skipped"):
-                last[trial.user_attrs["run"]] = trial
+        trials = optuna_study(study, storage).get_trials(deepcopy=False)
+        last = {t.user_attrs["run"]: t for t in trials if t.user_attrs.get("run") and not t.user_attrs.get("skipped")}
         failed += [
             run
             for run, trial in last.items()
@@ -201,16 +196,14 @@ def _next_trial(study: Study, study_db: optuna.Study) -> optuna.Trial | None:
     trials = study_db.get_trials(deepcopy=False)
     waiting = any(t.state == TrialState.WAITING for t in trials)
     counted = [t for t in trials if t.state != TrialState.FAIL and not t.user_attrs.get("skipped")]
-    if waiting or (study.search and len(counted) < study.search.trials):
-        return study_db.ask()
-    return None
+    return study_db.ask() if waiting or (study.search and len(counted) < study.search.trials) else None
 
 
 def _run_trial(
     study: Study,
     study_db: optuna.Study,
     trial: optuna.Trial,
-    stored: optuna.trial.FrozenTrial,
+    stored: FrozenTrial,
     grid_runs: dict[str, Run],
     launch: Launch,
 ) -> None:
@@ -229,11 +222,7 @@ def _run_trial(
 
 
 def _trial_run(
-    study: Study,
-    study_db: optuna.Study,
-    trial: optuna.Trial,
-    stored: optuna.trial.FrozenTrial,
-    grid_runs: dict[str, Run],
+    study: Study, study_db: optuna.Study, trial: optuna.Trial, stored: FrozenTrial, grid_runs: dict[str, Run]
 ) -> Run:
     """The trial's run; Skipped when the trial is not the one that trains it. `stored` is the trial as the storage
     holds it (optuna.Trial shows no system attributes, where a retry is marked). A grid trial names its run in the
@@ -282,11 +271,11 @@ def _suggest(trial: optuna.Trial, param: Param) -> object:
 def train(trial: optuna.Trial, run: Run, launch: Launch) -> float:
     """Train the run in a subprocess (nothing if its folder is finished), reporting each fold's score as it
     finishes; a pruned trial's training is stopped. Returns the run's CV score."""
-    run_dir = launch.output_dir / run.name
+    folder = RunFolder(launch.output_dir / run.name)
     reported: set[int] = set()
-    if RunFolder(run_dir).is_finished():
-        _report_folds(trial, run_dir, reported)
-        return _cv(run_dir)
+    if folder.is_finished():
+        _report_folds(trial, folder, reported)
+        return folder.metrics()["cv_score"]
     command = [*launch.launcher, str(TRAIN_SCRIPT), "--config", run.config, f"experiment={run.name}"]
     launch.log_dir.mkdir(parents=True, exist_ok=True)
     print(f"started  {run.name} (trial {trial.number})", flush=True)
@@ -298,30 +287,26 @@ def train(trial: optuna.Trial, run: Run, launch: Launch) -> float:
         try:
             while process.poll() is None:
                 time.sleep(launch.poll_seconds)
-                _report_folds(trial, run_dir, reported, prune=True)
+                _report_folds(trial, folder, reported, prune=True)
         finally:
             _stop(process)
-    _report_folds(trial, run_dir, reported)  # a run that finished is not pruned
-    if process.returncode != 0 or not RunFolder(run_dir).is_finished():
+    _report_folds(trial, folder, reported)  # a run that finished is not pruned
+    if process.returncode != 0 or not folder.is_finished():
         raise TrainingFailed(f"{run.name}: exit {process.returncode} (log: {launch.log_dir / run.name}.log)")
-    print(f"finished {run.name}: CV {_cv(run_dir):.4f}", flush=True)
-    return _cv(run_dir)
+    cv = folder.metrics()["cv_score"]
+    print(f"finished {run.name}: CV {cv:.4f}", flush=True)
+    return cv
 
 
-def _report_folds(trial: optuna.Trial, run_dir: Path, reported: set[int], prune: bool = False) -> None:
+def _report_folds(trial: optuna.Trial, run: RunFolder, reported: set[int], prune: bool = False) -> None:
     """Report the folds finished since the last call, one at a time (step = fold number, so that trials compare
     fold by fold); with `prune`, raise TrialPruned at the first fold the pruner stops."""
-    run = RunFolder(run_dir)
     for fold in (fold for fold in run.finished_folds() if fold not in reported):
         trial.report(run.fold_metrics(fold)["score"], step=fold)
         reported.add(fold)
         if prune and trial.should_prune():
-            print(f"pruned   {run_dir.name} after fold {fold}", flush=True)
+            print(f"pruned   {run.name} after fold {fold}", flush=True)
             raise optuna.TrialPruned()
-
-
-def _cv(run_dir: Path) -> float:
-    return RunFolder(run_dir).metrics()["cv_score"]
 
 
 def _stop(process: subprocess.Popen) -> None:
