@@ -42,7 +42,7 @@ from textreg.data import assign_folds, load_train, model_inputs  # noqa: E402
 from textreg.engine import elapsed_since, make_accelerator, predict, train_fold  # noqa: E402
 from textreg.files import write_folder_once  # noqa: E402
 from textreg.hardware import choose_mixed_precision, cpu_supports_bf16, set_threads  # noqa: E402
-from textreg.metrics import score  # noqa: E402
+from textreg.metrics import Scorer  # noqa: E402
 from textreg.model import build_model, load_backbone_config, load_tokenizer  # noqa: E402
 
 METHODS = ("plain", "trainer", "pipeline")
@@ -199,7 +199,7 @@ def run_pipeline(cfg, data: dict, steps: int, watch: AbstractContextManager = UN
     }
     model = data["model"]()
     with watch:  # the fold's set-up and its one validation too
-        fold = train_fold(accelerator, t, cfg.metric, 0, model, loaders, data["targets"], data["valid"], len(ids))
+        fold = train_fold(accelerator, t, cfg.scorer, 0, model, loaders, data["targets"], data["valid"], len(ids))
     tick = time.perf_counter()
     preds = predict(accelerator, model, accelerator.prepare(loaders["valid"]), len(ids))[data["valid"]]
     infer_seconds = time.perf_counter() - tick
@@ -219,7 +219,7 @@ def result(train_sps: float, infer_sps: float, data: dict, preds, model: nn.Modu
     return {
         "train_samples_per_second": train_sps,
         "infer_samples_per_second": infer_sps,
-        "val_rmse": score("rmse", data["targets"][data["valid"]], np.asarray(preds, dtype=np.float64)),
+        "val_rmse": Scorer("rmse").score(data["targets"][data["valid"]], np.asarray(preds, dtype=np.float64)),
         "peak_mb": peak_memory_mb(),
         "model_tflops": model_tflops,
         "matmul_peak_tflops": peak,

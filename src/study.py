@@ -79,11 +79,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def validate_configs(studies: list[Study], overrides: list[str]) -> list[Config]:
     """Every grid run's config, and a search's config at each end of each range and each choice: all are
-    validated before anything trains."""
-    runs = queue(studies)
-    for search in (entry.search for entry in studies if entry.search):
-        runs += [search.run(0, {param.key: value}) for param in search.params for value in bounds(param)]
-    return [load_config(run.config, [f"experiment={run.name}", *run.overrides, *overrides]) for run in runs]
+    validated before anything trains. Each study optimizes the one metric its runs share."""
+    queue(studies)  # one name, one run
+    configs = []
+    for entry in studies:
+        runs = list(entry.runs)
+        if search := entry.search:
+            runs += [search.run(0, {param.key: value}) for param in search.params for value in bounds(param)]
+        loaded = [load_config(run.config, [f"experiment={run.name}", *run.overrides, *overrides]) for run in runs]
+        if len({cfg.scorer for cfg in loaded}) > 1:
+            raise UserError(f"study {entry.name}: its runs are scored by different metrics; give them one")
+        entry.scorer, configs = loaded[0].scorer, configs + loaded
+    return configs
 
 
 def tables(studies: list[Study], configs: list[Config], storage, folder: Path) -> str:

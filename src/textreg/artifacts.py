@@ -37,7 +37,7 @@ from textreg.config import Config, DataConfig, changed_keys, is_run_key, validat
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
 from textreg.files import atomic_write, check_safetensors, folder_lock, read_json, write_csv, write_json, write_text
-from textreg.metrics import per_target, score
+from textreg.metrics import Scorer
 from textreg.records import FoldResult, ValidationEvent, read_history
 from textreg.submission import make_submission
 
@@ -203,7 +203,7 @@ class RunFolder:
         self,
         result: FoldResult,
         data: DataConfig,
-        metric: str,
+        scorer: Scorer,
         valid: pd.DataFrame,
         test_ids: pd.Series,
         train_ids: pd.Series,
@@ -227,9 +227,9 @@ class RunFolder:
         write_json(
             {
                 "fold": result.fold,
-                "metric": metric,
+                "metric": scorer.name,
                 "score": result.best_score,
-                "per_target": _by_target(targets, metric, valid[targets].to_numpy(), result.valid_pred),
+                "per_target": _by_target(targets, scorer, valid[targets].to_numpy(), result.valid_pred),
                 "best_step": result.best_step,
                 "train_seconds": round(result.train_seconds, 1),
                 "train_samples_per_second": round(result.train_samples_per_second, 2),
@@ -269,8 +269,8 @@ class RunFolder:
         metrics = {
             "experiment": cfg.experiment,
             "metric": cfg.metric,
-            "cv_score": score(cfg.metric, truth, pred),
-            "cv_per_target": _by_target(targets, cfg.metric, truth, pred),
+            "cv_score": cfg.scorer.score(truth, pred),
+            "cv_per_target": _by_target(targets, cfg.scorer, truth, pred),
             "fold_score_mean": float(np.mean(fold_scores)),
             "fold_score_std": float(np.std(fold_scores)),
             "folds_done": done,
@@ -293,8 +293,8 @@ class RunFolder:
         return [read_history(self.fold_metrics(fold)) for fold in self.metrics()["folds_done"]]
 
 
-def _by_target(targets: list[str], metric: str, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    return dict(zip(targets, per_target(metric, truth, pred).tolist(), strict=True))
+def _by_target(targets: list[str], scorer: Scorer, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    return dict(zip(targets, scorer.per_target(truth, pred).tolist(), strict=True))
 
 
 def describe_environment(folds: list[int], launch: dict) -> dict:

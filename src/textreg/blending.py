@@ -23,7 +23,6 @@ from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
 from textreg.files import read_json, write_csv, write_json
 from textreg.inference import predict_file
-from textreg.metrics import score
 from textreg.submission import make_submission
 from textreg.tracking import Tracker
 
@@ -147,15 +146,13 @@ def fit(members: list[MemberRun]) -> dict:
     nested = {}
     for method in METHODS:
         pred = np.column_stack([nested_oof(method, x[t], oof[t].to_numpy(), folds) for t in targets])
-        nested[method] = score(cfg.metric, truth, pred)
-    best = min(nested, key=nested.get)
+        nested[method] = cfg.scorer.score(truth, pred)
+    best = min(nested, key=lambda method: cfg.scorer.loss(nested[method]))
     blends = {}
     for t in targets:
         weights, intercept = METHODS[best](x[t], oof[t].to_numpy())
         blends[t] = {"weights": dict(zip(names, weights.tolist(), strict=True)), "intercept": intercept}
-    member_scores = {
-        m.name: score(cfg.metric, truth, m.oof[[f"{t}_pred" for t in targets]].to_numpy()) for m in members
-    }
+    member_scores = {m.name: cfg.scorer.score(truth, m.oof[[f"{t}_pred" for t in targets]].to_numpy()) for m in members}
     return {"metric": cfg.metric, "method": best, "nested_cv": nested, "members": member_scores, "blends": blends}
 
 

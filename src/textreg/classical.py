@@ -29,7 +29,6 @@ from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import launched_processes, set_threads
 from textreg.members import Task, TextsWith
-from textreg.metrics import per_target, score
 from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
 from textreg.prediction import predict_rows
 from textreg.readability import FEATURES, feature_matrix
@@ -155,7 +154,7 @@ class ClassicalMember:
         pseudo: tuple[np.ndarray, float] | None = None,
     ) -> FoldResult:
         """Fit on `targets` of the training rows (a teacher's blend, with distillation); score on the truth."""
-        metric, tick = self.task.metric, time.perf_counter()
+        scorer, tick = self.task.scorer, time.perf_counter()
         state, extra = self.fit(self.fit_inputs[train_rows], targets[train_rows])
         valid_pred = self.predict(state, extra, self.fit_inputs[valid_rows])
         test_pred = self.predict(state, extra, self.test_inputs)
@@ -164,8 +163,8 @@ class ClassicalMember:
         event = ValidationEvent(
             step=1,
             epoch=1.0,
-            val_score=score(metric, truth, valid_pred),
-            val_per_target=per_target(metric, truth, valid_pred).tolist(),
+            val_score=scorer.score(truth, valid_pred),
+            val_per_target=scorer.per_target(truth, valid_pred).tolist(),
             samples_per_second=len(train_rows) / seconds,
         )
         listener(event)

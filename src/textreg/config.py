@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from textreg.errors import UserError
-from textreg.metrics import METRICS
+from textreg.metrics import METRICS, Scorer
 
 # Keys that name a run or steer one launch of it, not what it computes: runs that differ only in them share results.
 RUN_KEYS = ("experiment", "folds", "overwrite", "tracking", "train.checkpoint_every")
@@ -77,6 +77,8 @@ class DataConfig(_Section):
     joins: list[JoinConfig] = Field(default_factory=list)
     target_columns: list[str] = Field(min_length=1)
     standardize_targets: bool = Field(default=False, description="train on z-scores, predict in target units")
+    score_range: tuple[float, float] | None = None
+    """the lowest and the highest score a row can have: QWK's labels are the integers between them"""
     subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")
     pseudo_label: PseudoLabelConfig | None = Field(default=None, description="learn from unlabeled rows too")
 
@@ -84,6 +86,8 @@ class DataConfig(_Section):
     def _one_text_source(self) -> DataConfig:
         if (self.text_column is None) == (self.text_template is None):
             raise ValueError("set exactly one of data.text_column and data.text_template")
+        if self.score_range is not None and not self.score_range[0] < self.score_range[1]:
+            raise ValueError(f"data.score_range={list(self.score_range)}: give [lowest, highest]")
         return self
 
 
@@ -212,7 +216,7 @@ class Config(_Section):
     submission_dir: Path = Path("submissions")
     folds: list[int] | None = Field(default=None, description="folds to train; null = all")
     overwrite: bool = Field(default=False, description="delete an existing run folder with another config")
-    metric: str = Field(default="rmse", description="lower is better; the registry is textreg.metrics.METRICS")
+    metric: str = Field(default="rmse", description="the registry, each with its direction: textreg.metrics.METRICS")
     data: DataConfig
     cv: CVConfig = Field(default_factory=CVConfig)
     model: ModelConfig
@@ -226,7 +230,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        """Pseudo-labels only for a kind that learns them; folds in range."""
+        """Pseudo-labels only for a kind that learns them; folds in range; a score range for a metric that needs one."""
         from textreg.members import KINDS
 
         if self.data.pseudo_label and not KINDS[self.model.kind].pseudo_labels:
@@ -236,7 +240,13 @@ class Config(_Section):
             bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
             if bad or not self.folds or len(set(self.folds)) != len(self.folds):
                 raise ValueError(f"folds={self.folds}: give distinct fold numbers from 0 to {self.cv.n_folds - 1}")
+        if METRICS[self.metric].needs_score_range and self.data.score_range is None:
+            raise ValueError(f"metric={self.metric} needs data.score_range: [lowest, highest]")
         return self
+
+    @property
+    def scorer(self) -> Scorer:
+        return Scorer(self.metric, self.data.score_range)
 
     @property
     def run_dir(self) -> Path:

@@ -29,7 +29,7 @@ from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_cudnn_attention, set_threads
 from textreg.members import Task, TextsWith
-from textreg.metrics import per_target, score
+from textreg.metrics import Scorer
 from textreg.model import (
     RegressionModel,
     build_model,
@@ -119,7 +119,7 @@ class TransformerMember:
         result = train_fold(
             self.accelerator,
             train,
-            self.task.metric,
+            self.task.scorer,
             fold,
             model,
             loaders,
@@ -315,7 +315,7 @@ class Validator:
     accelerator: Accelerator
     model: nn.Module
     loader: DataLoader
-    metric: str
+    scorer: Scorer
     fold: int
     targets: np.ndarray  # every training row's: predictions come back one per row
     rows: np.ndarray
@@ -325,13 +325,13 @@ class Validator:
         valid_targets = self.targets[self.rows]
         with self.average.applied() if self.average else nullcontext():  # validated, and kept, with the average
             pred = predict(self.accelerator, self.model, self.loader, len(self.targets))[self.rows]
-            val_score = score(self.metric, valid_targets, pred)
+            val_score = self.scorer.score(valid_targets, pred)
             if math.isnan(val_score):  # diverged weights stay NaN: stop now, with a reason, not at the end
                 raise UserError(
-                    f"fold {self.fold}: validation {self.metric} is NaN at step {progress.step}: training diverged; "
-                    "lower train.lr, or try train.mixed_precision=no"
+                    f"fold {self.fold}: validation {self.scorer.name} is NaN at step {progress.step}: training "
+                    "diverged; lower train.lr, or try train.mixed_precision=no"
                 )
-            if val_score < progress.best_score:
+            if progress.best_state is None or self.scorer.better(val_score, progress.best_score):
                 state = self.accelerator.unwrap_model(self.model).state_dict()
                 progress.best_score, progress.best_step, progress.best_pred = val_score, progress.step, pred
                 progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -339,7 +339,7 @@ class Validator:
             step=progress.step,
             epoch=epoch,
             val_score=val_score,
-            val_per_target=per_target(self.metric, valid_targets, pred).tolist(),
+            val_per_target=self.scorer.per_target(valid_targets, pred).tolist(),
             samples_per_second=progress.samples / max(progress.train_seconds, 1e-9),
             train_loss=progress.loss_sum.item() / max(progress.loss_batches, 1),  # sync: once per validation
             lr=lr,
@@ -374,7 +374,7 @@ class Validator:
 def train_fold(
     accelerator: Accelerator,
     train: TrainConfig,
-    metric: str,
+    scorer: Scorer,
     fold: int,
     model: RegressionModel,
     loaders: dict[str, DataLoader],
@@ -385,7 +385,7 @@ def train_fold(
     fold_dir: Path | None = None,
 ) -> FoldResult:
     """Train one fold, validating every `eval_every` optimizer steps once `eval_start` of the steps are done, and
-    at the last step; keep the weights of the best step (lowest `metric`). With a `fold_dir`, save checkpoints there
+    at the last step; keep the weights of the best step (by `scorer`). With a `fold_dir`, save checkpoints there
     every `checkpoint_every`, and resume from the last one found."""
     optimizer = build_optimizer(model, train)
     set_cudnn_attention(train.cudnn_attention)
@@ -416,7 +416,7 @@ def train_fold(
     average = WeightAverage(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay else None
     if average and progress.weight_average is not None:
         average.load(progress.weight_average)
-    validator = Validator(accelerator, model, valid_dl, metric, fold, targets, valid_rows, average)
+    validator = Validator(accelerator, model, valid_dl, scorer, fold, targets, valid_rows, average)
     bar = tqdm(
         total=steps.total, initial=progress.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process
     )
@@ -444,7 +444,7 @@ def train_fold(
                 progress.train_seconds += elapsed_since(tick, accelerator.device)
                 event = validator(progress, round(progress.step / steps.per_epoch, 3), scheduler.get_last_lr()[0])
                 on_validation(event)
-                bar.set_postfix({f"val_{metric}": f"{event.val_score:.4f}", "best": f"{progress.best_score:.4f}"})
+                bar.set_postfix({f"val_{scorer.name}": f"{event.val_score:.4f}", "best": f"{progress.best_score:.4f}"})
                 model.train()
                 tick = time.perf_counter()
             if progress.step >= steps.total:

@@ -11,6 +11,7 @@ import pandas as pd
 from textreg.artifacts import RunFolder
 from textreg.config import changed_keys, is_run_key
 from textreg.errors import UserError
+from textreg.metrics import Scorer
 from textreg.records import ValidationEvent
 
 
@@ -29,12 +30,12 @@ def load_runs(output_dir: Path, default: dict) -> list[dict]:
     return runs
 
 
-def curve_stability(histories: list[list[ValidationEvent]]) -> tuple[float, float]:
-    """Mean over folds of (final - best validation score) and of the mean step-to-step change of the validation
-    score over the second half of training: both 0 for a curve that settles."""
+def curve_stability(histories: list[list[ValidationEvent]], scorer: Scorer) -> tuple[float, float]:
+    """Mean over folds of how much worse the final validation score is than the best, and of the mean step-to-step
+    change of the validation score over the second half of training: both 0 for a curve that settles."""
     gaps, wobbles = [], []
     for history in histories:
-        scores = np.array([event.val_score for event in history])
+        scores = np.array([scorer.loss(event.val_score) for event in history])
         gaps.append(scores[-1] - scores.min())
         late = scores[len(scores) // 2 :]
         wobbles.append(np.abs(np.diff(late)).mean() if len(late) > 1 else 0.0)
@@ -45,7 +46,7 @@ def experiments_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for run in runs:
         metrics = run["metrics"]
-        gap, wobble = curve_stability(run["histories"])
+        gap, wobble = curve_stability(run["histories"], Scorer(metrics["metric"]))
         rows.append(
             {
                 "experiment": metrics["experiment"],
@@ -73,7 +74,8 @@ def seeds_table(runs: list[dict]) -> pd.DataFrame:
         if len({run["config"]["seed"] for run in members}) < 2:
             continue
         scores = [fold["score"] for run in members for fold in run["metrics"]["folds"].values()]
-        gap, wobble = curve_stability([h for run in members for h in run["histories"]])
+        scorer = Scorer(members[0]["metrics"]["metric"])
+        gap, wobble = curve_stability([h for run in members for h in run["histories"]], scorer)
         rows.append(
             {
                 "recipe": recipe,

@@ -22,6 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # the registry is read while a config validates: it imports no member's libraries
     from textreg.artifacts import RunFolder
     from textreg.config import ModelConfig, TrainConfig
+    from textreg.metrics import Scorer
     from textreg.records import FoldResult, Listener
 
 
@@ -30,7 +31,7 @@ class Task:
     """What every kind needs to know of the competition and the run besides its `model` and `train` sections."""
 
     targets: list[str]
-    metric: str
+    scorer: Scorer
     seed: int
     standardize_targets: bool
     run: RunFolder

@@ -31,7 +31,7 @@ def run_cv(cfg: Config) -> dict | None:
     check_test_ids(test_df, load_sample_submission(cfg.data), cfg.data.id_column)
     folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
     run = RunFolder(cfg.run_dir)
-    task = members.Task(cfg.data.target_columns, cfg.metric, cfg.seed, cfg.data.standardize_targets, run)
+    task = members.Task(cfg.data.target_columns, cfg.scorer, cfg.seed, cfg.data.standardize_targets, run)
     member = members.member_class(cfg.model.kind)(cfg.model, cfg.train, task)
     check_batch_size(member.batch_size, len(train_df), cfg.cv.n_folds)
     run.check_writable(cfg.to_dict())
@@ -76,7 +76,7 @@ def run_cv(cfg: Config) -> dict | None:
             tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
             if member.is_main_process:
                 test_ids, train_ids = test_df[cfg.data.id_column], ids.iloc[train_rows]
-                run.save_fold(result, cfg.data, cfg.metric, train_df.iloc[valid_rows], test_ids, train_ids)
+                run.save_fold(result, cfg.data, cfg.scorer, train_df.iloc[valid_rows], test_ids, train_ids)
                 checkpoints.remove_all(run.fold_dir(fold))
         member.print(f"fold {fold}: best val {cfg.metric} {result.best_score:.4f} at step {result.best_step}")
         member.wait_for_everyone()

@@ -21,6 +21,7 @@ from textreg.artifacts import RunFolder
 from textreg.errors import UserError
 from textreg.experiments import curve_stability
 from textreg.files import write_json, write_text
+from textreg.metrics import Scorer
 
 DEFAULT_CONFIG = "configs/default.yaml"
 GRID_KEYS = {"prefix", "overrides", "baseline", "seeds", "settings"}
@@ -73,6 +74,7 @@ class Study:
     baseline: str | None = None
     runs: list[Run] = field(default_factory=list)  # a grid's runs; a search's are made trial by trial
     search: Search | None = None
+    scorer: Scorer = Scorer("rmse")  # its runs' metric, which sets the side Optuna optimizes (src/study.py sets it)
 
 
 def load_study(path: Path) -> Study:
@@ -162,7 +164,8 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
             continue
         metrics = list(finished.values())
         folds = [f for m in metrics for f in m["folds"].values()]
-        final_minus_best, late_wobble = curve_stability([h for folder in finished for h in folder.fold_histories()])
+        scorer = Scorer(metrics[0]["metric"])
+        final_minus_best, late_wobble = curve_stability([h for f in finished for h in f.fold_histories()], scorer)
         rows[setting] = {
             "setting": setting,
             "metric": metrics[0]["metric"],
@@ -178,7 +181,8 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
         }
     base = rows.get(study.baseline)
     for row in rows.values():
-        better = sum(a < b for a, b in zip(row["fold_scores"], base["fold_scores"], strict=True)) if base else None
+        pairs = zip(row["fold_scores"], base["fold_scores"], strict=True) if base else []
+        better = sum(Scorer(row["metric"]).better(a, b) for a, b in pairs) if base else None
         row["delta"], row["folds_better"] = (row["cv"] - base["cv"] if base else None), better
     return list(rows.values())
 
@@ -222,7 +226,8 @@ def search_rows(trials: list[dict], run_dirs: dict[str, Path]) -> list[dict]:
         metrics = run.metrics() if run.is_finished() else {}
         last_fold = max(trial["fold_scores"], default=None)
         rows.append({**trial, "cv": metrics.get("cv_score"), "metric": metrics.get("metric"), "last_fold": last_fold})
-    return sorted(rows, key=lambda r: (r["cv"] is None, r["cv"] or 0, r["state"], r["number"]))
+    loss = {r["number"]: Scorer(r["metric"]).loss(r["cv"]) if r["cv"] is not None else 0.0 for r in rows}
+    return sorted(rows, key=lambda r: (r["cv"] is None, loss[r["number"]], r["state"], r["number"]))
 
 
 def search_markdown(study: Study, rows: list[dict]) -> str:

@@ -113,12 +113,14 @@ def storage_trial_id(storage: BaseStorage, study_db: optuna.Study, trial: optuna
 
 
 def optuna_study(study: Study, storage: BaseStorage) -> optuna.Study:
-    """The study file's Optuna study, made on first use. A search samples with TPE and prunes on fold scores."""
+    """The study file's Optuna study, made on first use, on the side of its metric. A search samples with TPE and
+    prunes on fold scores."""
     search = study.search
     pruner = optuna.pruners.MedianPruner(**search.pruner) if search and search.pruner else optuna.pruners.NopPruner()
     sampler = optuna.samplers.TPESampler() if search else optuna.samplers.RandomSampler()
+    direction = "maximize" if study.scorer.higher_is_better else "minimize"
     return optuna.create_study(
-        study_name=study.name, storage=storage, sampler=sampler, pruner=pruner, load_if_exists=True
+        study_name=study.name, storage=storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True
     )
 
 
