@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import train_in_process
 from safetensors.torch import load_file
 
 import merge
 import train
 from textreg import engine
-from textreg.config import dump, load_config
+from textreg.config import ModelConfig, dump, load_config
+from textreg.model import build_model, load_backbone_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -224,3 +226,26 @@ def test_a_diverged_fold_stops_at_its_first_nan_validation_with_a_reason(make_co
     err = capsys.readouterr().err
     assert "error: fold 0: validation rmse is NaN at step 2: training diverged" in err, err
     assert not list((tmp_path / "outputs" / "tiny").glob("fold*/metrics.json"))  # no fold counts as finished
+
+
+def test_targets_far_from_zero_train_by_default(make_config, competition):
+    """Scores of 100 or so: the head starts at their mean (standardized targets), not at zero."""
+    train_df = pd.read_csv(competition / "train.csv")
+    train_df["target"] += 100
+    train_df.to_csv(competition / "train.csv", index=False)
+    config = make_config()
+    train_in_process(config, "folds=[0]")
+    metrics = json.loads((load_config(config).run_dir / "metrics.json").read_text())
+    assert metrics["cv_score"] < 2 * train_df["target"].std()  # predicting zero would score about 100
+
+
+def test_predictions_stay_float32_under_bf16_autocast(backbones):
+    cfg = ModelConfig(backbone=str(backbones["bert"]))
+    path, config = load_backbone_config(cfg)
+    model = build_model(cfg, 2, path, config).eval()
+    ids = torch.randint(1000, 2000, (16, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.to_target_units(model(ids, torch.ones_like(ids)))
+    low_bits = out.contiguous().view(torch.int32) & 0xFFFF  # zero in every bf16 value widened to float32
+    assert out.dtype == torch.float32 and (low_bits != 0).any()
+    assert len(torch.unique(out[:, 0])) == len(out)  # no ties from rounding

@@ -76,7 +76,7 @@ class DataConfig(_Section):
     """the model input built from columns: '{question}{sep}{answer}'"""
     joins: list[JoinConfig] = Field(default_factory=list)
     target_columns: list[str] = Field(min_length=1)
-    standardize_targets: bool = Field(default=False, description="train on z-scores, predict in target units")
+    standardize_targets: bool = Field(default=True, description="train on z-scores, predict in target units")
     score_range: tuple[float, float] | None = None
     """the lowest and the highest score a row can have: QWK's labels are the integers between them"""
     subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")

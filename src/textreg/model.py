@@ -157,7 +157,9 @@ class RegressionModel(nn.Module):
             weights = torch.softmax(self.layer_logits, dim=0).to(hidden.dtype)
             mixed = torch.einsum("l,lbth->bth", weights, torch.stack(out.hidden_states[1:]))
             pooled = mean_pool(mixed, attention_mask)
-        return self.head(pooled)
+        # The head in fp32 at any precision: bf16 outputs keep 8 bits of mantissa, which ties ranks and thresholds.
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self.head(pooled.float())
 
     def to_target_units(self, output: torch.Tensor) -> torch.Tensor:
         return output.float() * self.target_std + self.target_mean
