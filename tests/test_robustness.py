@@ -155,6 +155,22 @@ def test_a_text_of_200000_characters_trains_and_predicts_truncated(make_config, 
     assert np.isfinite(pd.read_csv(run_dir / "predictions" / "test.csv").set_index("id").loc["te001", "target"])
 
 
+def test_empty_test_texts_are_predicted_with_a_warning_that_names_their_rows(
+    make_config, competition, tmp_path, capsys
+):
+    test = pd.read_csv(competition / "test.csv")
+    test.loc[1, "excerpt"], test.loc[3, "excerpt"] = "", "   "  # an empty cell is read back as NaN
+    test.to_csv(competition / "test.csv", index=False)
+    train_in_process(make_config())
+    assert "test.csv: empty or non-text ['excerpt'] at rows 3, 5 (lines in the file)" in capsys.readouterr().err
+    submission = pd.read_csv(tmp_path / "submissions" / "tiny.csv")
+    assert len(submission) == len(test) and np.isfinite(submission["target"]).all()
+    assert predict.main([str(tmp_path / "outputs" / "tiny"), "--input", str(competition / "test.csv")]) == 0
+    assert "at rows 3, 5" in capsys.readouterr().err
+    predicted = pd.read_csv(tmp_path / "outputs" / "tiny" / "predictions" / "test.csv")
+    assert sorted(predicted["id"]) == sorted(test["id"]) and np.isfinite(predicted["target"]).all()
+
+
 def test_more_bins_than_the_data_allows_is_refused(make_config, tmp_path, capsys):
     assert train.main(["--config", str(make_config()), "cv.n_bins=30"]) == 2
     assert "cv.n_bins=30 x cv.n_folds=2 is more than the 48 rows" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def embed(backbone_dir: str, texts: list[str], max_len: int, batch_size: int) ->
         hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return mean_pool(hidden, batch["attention_mask"])
 
-    return predict_rows(forward, batcher.texts_loader(texts, batch_size), len(texts))
+    return predict_rows(forward, batcher.texts_loader(texts, batch_size), len(texts), progress="embeddings")
 
 
 class ClassicalMember:

@@ -162,7 +162,7 @@ class TransformerMember:
         for fold in folds:
             net.load_state_dict(run.fold_weights(fold, str(device)))
             with autocast(device, choose_mixed_precision(train.mixed_precision)):
-                predictions[fold] = predict_rows(forward, loader, len(texts), device=device)
+                predictions[fold] = predict_rows(forward, loader, len(texts), device=device, progress=f"fold {fold}")
         return predictions
 
 
@@ -238,7 +238,9 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     return (weight[:, None] * (pred - target) ** 2).sum() / (weight.sum() * pred.shape[1])
 
 
-def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int) -> np.ndarray:
+def predict(
+    accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int, progress: str | None = None
+) -> np.ndarray:
     """Target-unit predictions of a prepared model over a prepared loader, one per row on any process count."""
     model.eval()
     units = accelerator.unwrap_model(model)
@@ -246,7 +248,8 @@ def predict(accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_ro
     def forward(batch: dict) -> torch.Tensor:
         return units.to_target_units(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
 
-    return predict_rows(forward, loader, n_rows, gather=accelerator.gather_for_metrics)
+    progress = progress if accelerator.is_local_main_process else None
+    return predict_rows(forward, loader, n_rows, gather=accelerator.gather_for_metrics, progress=progress)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,8 +357,9 @@ class Validator:
         """The best step's weights back in the model, its test predictions (and its fitted ones, NaN off their rows)."""
         accelerator, model = self.accelerator, self.model
         accelerator.unwrap_model(model).load_state_dict(progress.best_state)
-        test_pred = predict(accelerator, model, test_dl, n_test)
-        fitted_pred = predict(accelerator, model, fitted_dl, len(self.targets)) if fitted_dl else None
+        test_pred = predict(accelerator, model, test_dl, n_test, f"fold {self.fold}: test rows")
+        fitted = f"fold {self.fold}: fitted rows"
+        fitted_pred = predict(accelerator, model, fitted_dl, len(self.targets), fitted) if fitted_dl else None
         accelerator.free_memory()
         return FoldResult(
             fold=self.fold,

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -25,12 +26,14 @@ def predict_rows(
     n_rows: int,
     device: torch.device | None = None,
     gather: Callable[[tuple], tuple] | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
     """`forward(batch)` for every batch, put back in place by each item's `row`: an (n_rows, outputs) array, NaN
     where the loader has no row. `device`: move batches there (an Accelerate loader already does); `gather`:
-    collect every process's part (`accelerator.gather_for_metrics`, which drops the padding duplicates)."""
+    collect every process's part (`accelerator.gather_for_metrics`, which drops the padding duplicates);
+    `progress`: a bar's title, for the passes long enough to want one (test files, fitted rows), not validations."""
     preds, rows = [], []
-    for batch in loader:
+    for batch in tqdm(loader, desc=progress, disable=progress is None, leave=False):
         if device is not None:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         out, row = forward(batch), batch["row"]
