@@ -12,6 +12,7 @@ from conftest import make_competition, train_in_process, write_config
 import predict as predict_cli
 import train
 from textreg import classical, engine
+from textreg.losses import training_loss
 
 TFIDF = ("model.kind=tfidf_ridge", "cv.scheme=kfold")
 
@@ -148,9 +149,9 @@ def test_pseudo_labelled_rows_train_each_fold_with_that_folds_teacher_and_weight
 
 def test_the_weighted_loss_is_the_weighted_mean_of_squared_errors():
     pred, target = torch.tensor([[1.0], [3.0]]), torch.tensor([[0.0], [0.0]])
-    assert engine.weighted_mse(pred, target, None) == 5.0
-    assert engine.weighted_mse(pred, target, torch.tensor([1.0, 1.0])) == 5.0
-    assert engine.weighted_mse(pred, target, torch.tensor([1.0, 0.5])) == pytest.approx((1 + 0.5 * 9) / 1.5)
+    assert training_loss("mse", pred, target, None) == 5.0
+    assert training_loss("mse", pred, target, torch.tensor([1.0, 1.0])) == 5.0
+    assert training_loss("mse", pred, target, torch.tensor([1.0, 0.5])) == pytest.approx((1 + 0.5 * 9) / 1.5)
 
 
 def test_pseudo_labels_without_their_scores_or_with_training_rows_are_refused(tmp_path, competition, backbones, capsys):

@@ -170,6 +170,9 @@ class TrainConfig(_Section):
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     grad_clip: float | None = Field(default=1.0, gt=0)
+    loss: str = Field(default="mse", description="mse, smooth_l1 or pearson; the registry is textreg.losses.LOSSES")
+    target_weights: list[float] | None = None
+    """each target's weight in the loss, in data.target_columns' order; null: equal"""
     grad_accum: int = Field(default=1, ge=1)
     eval_every: int = Field(default=40, ge=1, description="optimizer steps between validations")
     eval_start: float = Field(default=0.5, ge=0, lt=1)
@@ -193,6 +196,20 @@ class TrainConfig(_Section):
     save_fitted: bool = False
     """also save each fold's predictions of its own training rows (fold<k>/fitted.csv): a teacher for train.distill"""
     distill: DistillConfig | None = Field(default=None, description="learn from a teacher run's fold models")
+
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, value: str) -> str:
+        from textreg.losses import LOSSES  # torch: not for a config that is only read
+
+        return registered("loss", value, LOSSES)
+
+    @field_validator("target_weights")
+    @classmethod
+    def _weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (min(value) < 0 or sum(value) <= 0):
+            raise ValueError("give each target a weight >= 0, not all 0")
+        return value
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -240,6 +257,9 @@ class Config(_Section):
             bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
             if bad or not self.folds or len(set(self.folds)) != len(self.folds):
                 raise ValueError(f"folds={self.folds}: give distinct fold numbers from 0 to {self.cv.n_folds - 1}")
+        weights, targets = self.train.target_weights, self.data.target_columns
+        if weights is not None and len(weights) != len(targets):
+            raise ValueError(f"train.target_weights={weights}: give one weight for each of {targets}")
         if METRICS[self.metric].needs_score_range and self.data.score_range is None:
             raise ValueError(f"metric={self.metric} needs data.score_range: [lowest, highest]")
         return self

@@ -28,6 +28,7 @@ from textreg.config import ModelConfig, TrainConfig
 from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import choose_mixed_precision, set_cudnn_attention, set_threads
+from textreg.losses import training_loss
 from textreg.members import Task, TextsWith
 from textreg.metrics import Scorer
 from textreg.model import (
@@ -231,13 +232,6 @@ def enable_gradient_checkpointing(backbone: nn.Module) -> None:
         layer.forward = forward
 
 
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """The mean squared error; with row weights, their weighted mean (equal weights give the plain mean)."""
-    if weight is None:
-        return nn.functional.mse_loss(pred, target)
-    return (weight[:, None] * (pred - target) ** 2).sum() / (weight.sum() * pred.shape[1])
-
-
 def predict(
     accelerator: Accelerator, model: nn.Module, loader: DataLoader, n_rows: int, progress: str | None = None
 ) -> np.ndarray:
@@ -421,6 +415,7 @@ def train_fold(
     if average and progress.weight_average is not None:
         average.load(progress.weight_average)
     validator = Validator(accelerator, model, valid_dl, scorer, fold, targets, valid_rows, average)
+    target_weights = torch.tensor(train.target_weights, device=accelerator.device) if train.target_weights else None
     bar = tqdm(
         total=steps.total, initial=progress.step, desc=f"fold {fold}", disable=not accelerator.is_local_main_process
     )
@@ -431,7 +426,8 @@ def train_fold(
         for batch in epoch_batches(accelerator, train_dl, sampler, progress.epoch, progress.batches_in_epoch):
             with accelerator.accumulate(model):
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                loss = weighted_mse(out.float(), units.to_model_units(batch["target"]), batch.get("weight"))
+                target = units.to_model_units(batch["target"])
+                loss = training_loss(train.loss, out.float(), target, batch.get("weight"), target_weights)
                 optimizer_step(accelerator, model, loss, optimizer, scheduler, train.grad_clip)
             progress.loss_sum += loss.detach()  # summed on the device: no host-device sync in the hot loop
             progress.loss_batches += 1
