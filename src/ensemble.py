@@ -14,6 +14,7 @@ import yaml
 from textreg import blending
 from textreg.errors import UserError, run_reporting_user_errors
 from textreg.files import write_csv
+from textreg.metrics import Scorer
 
 
 def fit(sources: list[Path], name: str | None, output_dir: Path, submission_dir: Path) -> None:
@@ -37,8 +38,11 @@ def print_report(report: dict) -> None:
     for member, value in report["members"].items():
         print(f"{member:<40} {value:.4f}")
     print(f"\n{'method':<40} nested CV {metric}")
-    for method, value in sorted(report["nested_cv"].items(), key=lambda kv: kv[1]):
+    scorer = Scorer(metric)
+    for method, value in sorted(report["nested_cv"].items(), key=lambda kv: scorer.loss(kv[1])):
         print(f"{method:<40} {value:.4f}{'  <- kept' if method == report['method'] else ''}")
+    if "nested_cv_postprocessed" in report:
+        print(f"{'kept, post-processed':<40} {report['nested_cv_postprocessed']:.4f}")
     for target, blend in report["blends"].items():
         weights = ", ".join(f"{m} {w:.3f}" for m, w in blend["weights"].items())
         print(f"\n{target}: {weights}; intercept {blend['intercept']:.4f}")

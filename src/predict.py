@@ -2,7 +2,8 @@
 
     python src/predict.py outputs/minilm-default --input input/commonlitreadabilityprize/test.csv
 
-Writes id, <target>_fold<k> for each fold and <target> (their mean) to --output (default:
+Writes id, <target>_fold<k> for each fold and <target> (their mean, post-processed as the run's `postprocess`
+says) to --output (default:
 outputs/<experiment>/predictions/<input name>.csv).
 """
 
@@ -17,8 +18,10 @@ from textreg.inference import predict_file
 
 
 def run(run_dir: Path, input_path: Path, output: Path | None) -> None:
-    result = predict_file(run_dir, input_path)
-    output = output or RunFolder(run_dir).predictions_file(input_path)
+    result, run = predict_file(run_dir, input_path), RunFolder(run_dir)
+    targets = run.load_config().data.target_columns
+    result[targets] = run.postprocessed(result[targets].to_numpy())  # the fold columns stay raw
+    output = output or run.predictions_file(input_path)
     write_csv(result, output)
     print(f"{len(result)} predictions written to {output}")
 

@@ -32,7 +32,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from textreg import plots
+from textreg import plots, postprocess
 from textreg.config import Config, DataConfig, changed_keys, is_run_key, validate
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
@@ -78,6 +78,7 @@ class RunFolder:
         self.oof_file = self.path / "oof.csv"
         self.test_predictions_file = self.path / "test_predictions.csv"
         self.metrics_file = self.path / "metrics.json"
+        self.postprocess_file = self.path / "postprocess.json"  # the thresholds fitted on all OOF rows
 
     @classmethod
     def merged_in(cls, folder: Path) -> list[RunFolder]:
@@ -278,8 +279,13 @@ class RunFolder:
             "train_seconds": round(sum(m["train_seconds"] for m in fold_metrics.values()), 1),
             "folds": {k: {key: v for key, v in m.items() if key != "history"} for k, m in fold_metrics.items()},
         }
+        if postprocess.is_active(cfg.postprocess):
+            nested = postprocess.nested_oof(pred, truth, oof["fold"].to_numpy(), cfg.postprocess, cfg.scorer)
+            metrics["cv_score_postprocessed"] = cfg.scorer.score(truth, nested)
+            write_json({"thresholds": postprocess.fit(pred, truth, cfg.postprocess, cfg.scorer)}, self.postprocess_file)
         if not missing:
-            submission = make_submission(load_sample_submission(cfg.data), merged[id_col], test_pred, id_col, targets)
+            submitted = self.postprocessed(test_pred, cfg)
+            submission = make_submission(load_sample_submission(cfg.data), merged[id_col], submitted, id_col, targets)
             path = cfg.submission_dir / f"{cfg.experiment}.csv"
             write_csv(submission, path)
             metrics["submission"] = str(path)
@@ -287,6 +293,15 @@ class RunFolder:
         metrics["plots"] = {k: str(v) for k, v in plots.save_all(self.path, oof, histories, metrics, targets).items()}
         write_json(metrics, self.metrics_file)
         return metrics
+
+    def postprocessed(self, pred: np.ndarray, cfg: Config | None = None) -> np.ndarray:
+        """What is submitted from the run's raw (rows, targets) predictions: its config's `postprocess`, with the
+        thresholds its merge fitted."""
+        cfg = cfg or self.load_config()
+        if not postprocess.is_active(cfg.postprocess):
+            return pred
+        thresholds = read_json(self.postprocess_file)["thresholds"] if self.postprocess_file.is_file() else None
+        return postprocess.apply(pred, cfg.postprocess, cfg.data.score_range, thresholds)
 
     def fold_histories(self) -> list[list[ValidationEvent]]:
         """The validation curve of each finished fold that the merged metrics count."""

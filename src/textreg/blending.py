@@ -17,12 +17,14 @@ import pandas as pd
 from scipy.optimize import minimize
 from sklearn.linear_model import Ridge
 
+from textreg import postprocess
 from textreg.artifacts import RunFolder
-from textreg.config import Config, TrackingConfig
+from textreg.config import Config, PostprocessConfig, TrackingConfig
 from textreg.data import load_sample_submission, read_csv
 from textreg.errors import UserError
 from textreg.files import read_json, write_csv, write_json
 from textreg.inference import predict_file
+from textreg.metrics import Scorer
 from textreg.submission import make_submission
 from textreg.tracking import Tracker
 
@@ -137,8 +139,23 @@ def nested_oof(method: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> 
     return pred
 
 
+def nested_postprocessed(
+    method: str, x: list[np.ndarray], truth: np.ndarray, folds: np.ndarray, section: PostprocessConfig, scorer: Scorer
+) -> np.ndarray:
+    """Each fold's rows blended and post-processed with weights and thresholds fitted on the other folds alone."""
+    out = np.zeros_like(truth)
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        fitted = [METHODS[method](x_t[~held_out], truth[~held_out, k]) for k, x_t in enumerate(x)]
+        blended = np.column_stack([x_t @ w + b for x_t, (w, b) in zip(x, fitted, strict=True)])
+        thresholds = postprocess.fit(blended[~held_out], truth[~held_out], section, scorer)
+        out[held_out] = postprocess.apply(blended[held_out], section, scorer.score_range, thresholds)
+    return out
+
+
 def fit(members: list[MemberRun]) -> dict:
-    """Nested-CV score of every method, the best one refitted on all OOF rows, and each member's own score."""
+    """Nested-CV score of every method, the best one refitted on all OOF rows, and each member's own score; with
+    post-processing, the best method's nested-CV score post-processed and the thresholds fitted on all OOF rows."""
     cfg, oof = members[0].cfg, members[0].oof
     targets, folds = cfg.data.target_columns, oof["fold"].to_numpy()
     truth, names = oof[targets].to_numpy(), [m.name for m in members]
@@ -153,7 +170,19 @@ def fit(members: list[MemberRun]) -> dict:
         weights, intercept = METHODS[best](x[t], oof[t].to_numpy())
         blends[t] = {"weights": dict(zip(names, weights.tolist(), strict=True)), "intercept": intercept}
     member_scores = {m.name: cfg.scorer.score(truth, m.oof[[f"{t}_pred" for t in targets]].to_numpy()) for m in members}
-    return {"metric": cfg.metric, "method": best, "nested_cv": nested, "members": member_scores, "blends": blends}
+    report = {"metric": cfg.metric, "method": best, "nested_cv": nested, "members": member_scores, "blends": blends}
+    if postprocess.is_active(section := cfg.postprocess):
+        xs = [x[t] for t in targets]
+        processed = nested_postprocessed(best, xs, truth, folds, section, cfg.scorer)
+        report["nested_cv_postprocessed"] = cfg.scorer.score(truth, processed)
+        blended = apply(blends, {m.name: _predictions(m.oof, targets) for m in members}, targets)
+        report["thresholds"] = postprocess.fit(blended, truth, section, cfg.scorer)
+    return report
+
+
+def _predictions(oof: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    """A member's OOF predictions under the target names, as `apply` takes them."""
+    return oof[[f"{t}_pred" for t in targets]].set_axis(targets, axis=1)
 
 
 def apply(blends: dict, member_predictions: dict[str, pd.DataFrame], targets: list[str]) -> np.ndarray:
@@ -181,12 +210,13 @@ def build(run_dirs: list[Path], name: str, output_dir: Path, submission_dir: Pat
     cfg, targets = members[0].cfg, members[0].cfg.data.target_columns
     folder = output_dir / "ensembles" / name
     oof = members[0].oof[["fold", *targets]].copy()
-    predicted = [f"{t}_pred" for t in targets]
-    oof_predictions = {m.name: m.oof[predicted].set_axis(targets, axis=1) for m in members}
-    oof[predicted] = apply(report["blends"], oof_predictions, targets)
+    oof[[f"{t}_pred" for t in targets]] = apply(
+        report["blends"], {m.name: _predictions(m.oof, targets) for m in members}, targets
+    )
     write_csv(oof.reset_index(), folder / "oof.csv")
     ids = members[0].test.index
     blended = apply(report["blends"], {m.name: m.test.loc[ids] for m in members}, targets)
+    blended = postprocess.apply(blended, cfg.postprocess, cfg.data.score_range, report.get("thresholds"))
     submission = make_submission(load_sample_submission(cfg.data), pd.Series(ids), blended, cfg.data.id_column, targets)
     for path in (submission_dir / f"{name}.csv", submission_dir / "submission.csv"):
         write_csv(submission, path)
@@ -216,7 +246,8 @@ def predict_with_weights(weights_path: Path, input_path: Path, members_root: Pat
     cfg = RunFolder(next(iter(dirs.values()))).load_config()
     targets = cfg.data.target_columns
     result = next(iter(per_member.values()))[[cfg.data.id_column]].copy()
-    result[targets] = apply(report["blends"], per_member, targets)
+    blended = apply(report["blends"], per_member, targets)
+    result[targets] = postprocess.apply(blended, cfg.postprocess, cfg.data.score_range, report.get("thresholds"))
     if not np.isfinite(result[targets].to_numpy()).all():
         raise UserError("the blended predictions hold a NaN or infinite value")
     return result

@@ -219,6 +219,16 @@ class TrainConfig(_Section):
         return value
 
 
+class PostprocessConfig(_Section):
+    """What is submitted, from raw predictions (textreg.postprocess); clip and thresholds need data.score_range."""
+
+    clip: bool = Field(default=False, description="clip each prediction to data.score_range")
+    round_to: float | None = Field(default=None, gt=0, description="round to a multiple of this step (0.5, 1)")
+    thresholds: bool = False
+    """cut at ordinal thresholds fitted on OOF predictions for the best metric: the scores of data.score_range in
+    steps of round_to (1 if not set); reported by nested CV, saved with the run or ensemble"""
+
+
 class TrackingConfig(_Section):
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when logged in to W&B, else offline"""
@@ -238,6 +248,7 @@ class Config(_Section):
     cv: CVConfig = Field(default_factory=CVConfig)
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("metric")
@@ -262,6 +273,8 @@ class Config(_Section):
             raise ValueError(f"train.target_weights={weights}: give one weight for each of {targets}")
         if METRICS[self.metric].needs_score_range and self.data.score_range is None:
             raise ValueError(f"metric={self.metric} needs data.score_range: [lowest, highest]")
+        if (self.postprocess.clip or self.postprocess.thresholds) and self.data.score_range is None:
+            raise ValueError("postprocess.clip and postprocess.thresholds need data.score_range: [lowest, highest]")
         return self
 
     @property

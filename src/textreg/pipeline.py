@@ -136,6 +136,8 @@ def wandb_values(event: ValidationEvent, metric: str, targets: list[str]) -> dic
 def summary_line(metrics: dict) -> str:
     folds = ", ".join(f"{k}: {m['score']:.4f}" for k, m in metrics["folds"].items())
     cv = f"CV {metrics['metric']} {metrics['cv_score']:.4f} (folds {folds}); {metrics['train_seconds']:.0f} s training"
+    if "cv_score_postprocessed" in metrics:
+        cv += f"; post-processed (nested CV) {metrics['cv_score_postprocessed']:.4f}"
     if metrics["folds_missing"]:
         return cv + f"; folds {metrics['folds_missing']} still to run, then `python src/merge.py <run folder>`"
     return cv + f"; submission: {metrics['submission']}"
