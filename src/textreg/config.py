@@ -196,6 +196,9 @@ class TrainConfig(_Section):
     save_fitted: bool = False
     """also save each fold's predictions of its own training rows (fold<k>/fitted.csv): a teacher for train.distill"""
     distill: DistillConfig | None = Field(default=None, description="learn from a teacher run's fold models")
+    init_from: Path | None = None
+    """staged training: each fold starts from this run folder's same fold (its weights and head); its folds must be
+    this run's, or a fold would start from a model that saw its validation rows"""
 
     @field_validator("loss")
     @classmethod

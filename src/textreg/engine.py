@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, get_scheduler
 
 from textreg import checkpoints
+from textreg.artifacts import RunFolder
 from textreg.averaging import WeightAverage
 from textreg.batching import BucketBatchSampler, TextBatcher, TextDataset
 from textreg.config import ModelConfig, TrainConfig
@@ -116,7 +117,7 @@ class TransformerMember:
         }
         if train.save_fitted:
             loaders["fitted"] = batcher.eval_loader(self.ids, train_rows, train.eval_batch_size)
-        model = self.fold_model(targets[train_rows], batcher.collate([train_set[0]]))
+        model = self.fold_model(fold, targets[train_rows], batcher.collate([train_set[0]]))
         result = train_fold(
             self.accelerator,
             train,
@@ -133,10 +134,17 @@ class TransformerMember:
         fitted = result.fitted_pred
         return result if fitted is None else dataclasses.replace(result, fitted_pred=fitted[train_rows])
 
-    def fold_model(self, train_targets: np.ndarray, probe: dict) -> RegressionModel:
-        """A fresh model for one fold, its target scaling fitted on the fold's training rows, its dropout checked."""
+    def fold_model(self, fold: int, train_targets: np.ndarray, probe: dict) -> RegressionModel:
+        """A fresh model for one fold, its target scaling fitted on the fold's training rows, its dropout checked;
+        with `train.init_from`, the earlier run's same fold instead, its scaling included (its head learnt it)."""
         model = build_model(self.model, len(self.task.targets), self.backbone_path, self.backbone_config)
-        if self.task.standardize_targets:
+        if self.train.init_from is not None:
+            earlier = RunFolder(self.train.init_from)
+            try:
+                model.load_state_dict(earlier.fold_weights(fold))
+            except RuntimeError as err:
+                raise UserError(f"train.init_from: {earlier.fold_dir(fold)} holds another model: {err}") from None
+        elif self.task.standardize_targets:
             model.target_mean.copy_(torch.from_numpy(train_targets.mean(axis=0)))
             model.target_std.copy_(torch.from_numpy(train_targets.std(axis=0).clip(min=1e-6)))
         if self.model.dropout.disable:

@@ -38,6 +38,8 @@ def run_cv(cfg: Config) -> dict | None:
     check_files_to_read(run, folds, cfg.overwrite)
     train_df = assign_folds(train_df, cfg.data, cfg.cv, cfg.folds_dir, member.is_main_process)
     teacher = teachers.load_teacher(cfg.train.distill, cfg.data, train_df, folds) if cfg.train.distill else None
+    if cfg.train.init_from is not None:
+        teachers.check_earlier_stage(RunFolder(cfg.train.init_from), cfg.data, train_df, folds)
     pseudo_label = cfg.data.pseudo_label
     pseudo = teachers.load_pseudo_labels(pseudo_label, cfg.data, train_df, member.separator) if pseudo_label else None
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")

@@ -62,10 +62,17 @@ def check_teacher(run: RunFolder, data: DataConfig, train_df: pd.DataFrame) -> p
     student_folds = train_df.set_index(id_col)["fold"]
     if not teacher_folds.sort_index().equals(student_folds.sort_index()):
         raise UserError(
-            f"{run} was trained on other folds (its folds.csv differs from this run's): a teacher's fold k must "
-            "never have seen the student's fold k; train the teacher with this run's data and cv settings"
+            f"{run} was trained on other folds (its folds.csv differs from this run's): its fold k, which this run's "
+            "fold k learns from, must never have seen fold k's rows; train it with this run's data and cv settings"
         )
     return student_folds
+
+
+def check_earlier_stage(run: RunFolder, data: DataConfig, train_df: pd.DataFrame, folds: list[int]) -> None:
+    """`train.init_from`: a run of the same targets and folds whose every fold to train is finished."""
+    check_teacher(run, data, train_df)
+    if missing := sorted(set(folds) - set(run.finished_folds())):
+        raise UserError(f"train.init_from: {run} has not finished folds {missing}; a fold starts from its own fold")
 
 
 class PseudoLabels:
