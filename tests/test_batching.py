@@ -1,10 +1,12 @@
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
+from conftest import TOKENIZER_DIR
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
 
-from textreg.batching import BucketBatchSampler, Collator, TextBatcher, TextDataset
+from textreg.batching import BucketBatchSampler, Collator, TextBatcher, TextDataset, Tokens
+from textreg.prediction import predict_rows
 
 
 def test_bucket_batches_cover_every_row_once_with_little_padding():
@@ -57,10 +59,45 @@ def test_collator_pads_to_the_longest_in_the_batch():
 
 def test_eval_loader_sorts_by_length_and_keeps_rows():
     ids = [[1] * n for n in (9, 3, 7, 5)]
-    batcher = TextBatcher(SimpleNamespace(pad_token_id=0, sep_token="[SEP]"), max_len=16)
-    rows = [r for batch in batcher.eval_loader(ids, np.arange(4), 2) for r in batch["row"].tolist()]
+    batcher = TextBatcher(AutoTokenizer.from_pretrained(TOKENIZER_DIR), max_len=16)
+    rows = [
+        r for batch in batcher.eval_loader(Tokens(ids, np.arange(4)), np.arange(4), 2) for r in batch["row"].tolist()
+    ]
     assert rows == [1, 3, 2, 0]
     assert len(TextDataset(ids, np.array([0, 2]))) == 2
+
+
+def test_each_truncation_keeps_its_part_of_a_long_text_and_a_short_text_whole():
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    words = [f"w{i}" for i in range(60)]
+    long_text, short_text = " ".join(words), "a short text"
+    ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+
+    def split(truncation: str, **keys) -> Tokens:
+        return TextBatcher(tokenizer, 18, truncation=truncation, **keys).split([long_text, short_text])
+
+    head, head_tail, windows = split("head"), split("head_tail"), split("windows", stride=8)
+    assert head.windows[0] == [cls, *ids[:16], sep] and head.text_of.tolist() == [0, 1]
+    assert head_tail.windows[0] == [cls, *ids[:4], *ids[-12:], sep] and head_tail.text_of.tolist() == [0, 1]
+    n = len(ids)  # windows 8 tokens apart from the first token, and the last one flush with the text's end
+    starts = [*range(0, n - 16 + 1, 8), *([n - 16] if (n - 16) % 8 else [])]
+    assert n > 40 and windows.windows[:-1] == [[cls, *ids[start : start + 16], sep] for start in starts]
+    assert windows.text_of.tolist() == [0] * (len(windows.windows) - 1) + [1]
+    for tokens in (head, head_tail, windows):  # a text within the length is one window, and the same one
+        assert tokens.windows[-1] == tokenizer(short_text)["input_ids"]
+    assert windows.rows_of(np.array([1])).tolist() == [len(windows.windows) - 1]
+
+
+def test_a_texts_prediction_is_the_mean_of_its_windows():
+    tokens = Tokens([[1, 2], [1, 3], [1, 4], [1, 5]], np.array([0, 0, 0, 1]))
+    loader = DataLoader(
+        TextDataset(tokens.windows, np.arange(4), text_of=tokens.text_of), batch_size=3, collate_fn=Collator(0)
+    )
+    values = torch.tensor([1.0, 2.0, 6.0, 7.0])
+    pred = predict_rows(lambda batch: values[batch["row"]][:, None], loader, n_rows=3)
+    np.testing.assert_allclose(pred[:2, 0], [3.0, 7.0])
+    assert np.isnan(pred[2, 0])  # a text the loader does not hold
 
 
 def test_padding_to_a_multiple_rounds_the_width_up_and_masks_the_extra():

@@ -86,7 +86,9 @@ def test_a_transformer_student_trains_on_the_blend(tmp_path, competition, backbo
     train_in_process(config, "experiment=teacher", "train.save_fitted=true", *TFIDF)
     seen = []
     dataset = engine.TextDataset
-    monkeypatch.setattr(engine, "TextDataset", lambda ids, rows, y: seen.append((rows, y)) or dataset(ids, rows, y))
+    monkeypatch.setattr(
+        engine, "TextDataset", lambda ids, rows, y, w: seen.append((rows, y)) or dataset(ids, rows, y, w)
+    )
     train_in_process(config, *student, "cv.scheme=kfold", "folds=[1]")
     ((rows, targets),) = seen
     ids = pd.read_csv(teacher / "folds.csv")["id"].to_numpy()[rows]
@@ -136,9 +138,8 @@ def test_pseudo_labelled_rows_train_each_fold_with_that_folds_teacher_and_weight
     train_in_process(config, "experiment=student", "cv.scheme=kfold", pseudo)
     scored = pd.read_csv(teacher / "predictions" / "unlabeled.csv")
     folds = pd.read_csv(teacher / "folds.csv")["fold"].to_numpy()
-    labelled = [args for args in seen if len(args) == 3]  # the fold's labelled rows, then with the pseudo-labelled
-    for fold, (ids, rows, targets, weights) in enumerate(args for args in seen if len(args) == 4):
-        n = len(labelled[fold][0])
+    n = len(folds)  # the labelled texts, then the pseudo-labelled ones, a window each
+    for fold, (ids, rows, targets, weights) in enumerate(seen):
         assert len(ids) == n + 6 and set(rows[rows >= n]) == set(range(n, n + 6))
         assert not set(rows[rows < n]) & set(np.flatnonzero(folds == fold))  # no validation row is trained on
         np.testing.assert_allclose(targets[n:, 0], scored[f"target_fold{fold}"], atol=1e-6)

@@ -1,9 +1,17 @@
-"""Tokens and batches: tokenize once per run, pad each batch only to its own longest text."""
+"""Tokens and batches: tokenize once per run, cut each text into windows as `model.truncation` says, pad each batch
+only to its own longest window.
+
+A window is what the model reads at once. `head` keeps a text's first tokens (one window); `head_tail` its first
+quarter and its last three quarters of the budget (one window: Sun et al., 2019, found the end of a long text
+worth more than its middle); `windows` cuts it into windows `stride` tokens apart, the last one flush with the
+text's end. A text within the length is one window under all three. In training each window carries its text's
+target; a text's prediction is the mean of its windows' predictions.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +22,44 @@ from transformers import PreTrainedTokenizerBase
 PIN_MEMORY = torch.cuda.is_available()  # page-locked batches: copies to the GPU that need not wait
 
 
+def _head(ids: list[int], budget: int, stride: int) -> list[list[int]]:
+    return [ids[:budget]]
+
+
+def _head_tail(ids: list[int], budget: int, stride: int) -> list[list[int]]:
+    if len(ids) <= budget:
+        return [ids]
+    head = budget // 4
+    return [ids[:head] + ids[len(ids) - (budget - head) :]]
+
+
+def _windows(ids: list[int], budget: int, stride: int) -> list[list[int]]:
+    starts = list(range(0, max(len(ids) - budget, 0) + 1, stride))
+    if starts[-1] + budget < len(ids):
+        starts.append(len(ids) - budget)
+    return [ids[start : start + budget] for start in starts]
+
+
+# model.truncation: a text's tokens (no special ones), the tokens a window holds, the step between windows -> windows
+TRUNCATIONS: dict[str, Callable[[list[int], int, int], list[list[int]]]] = {
+    "head": _head,
+    "head_tail": _head_tail,
+    "windows": _windows,
+}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Texts cut into windows: `windows[w]` is a model input, `text_of[w]` the text it came from."""
+
+    windows: list[list[int]]
+    text_of: np.ndarray
+
+    def rows_of(self, texts: np.ndarray) -> np.ndarray:
+        """The windows of `texts`, in text order."""
+        return np.flatnonzero(np.isin(self.text_of, texts))
+
+
 @dataclass(eq=False)
 class TextDataset(Dataset):
     """Rows `rows` of a tokenized table, with their targets when they are known."""
@@ -22,6 +68,7 @@ class TextDataset(Dataset):
     rows: np.ndarray
     targets: np.ndarray | None = None
     weights: np.ndarray | None = None  # each row's weight in the loss (pseudo-labelled rows weigh less)
+    text_of: np.ndarray | None = None  # each row's text, when a text is several rows (windows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -33,6 +80,8 @@ class TextDataset(Dataset):
             item["target"] = self.targets[row]
         if self.weights is not None:
             item["weight"] = self.weights[row]
+        if self.text_of is not None:
+            item["text"] = int(self.text_of[row])
         return item
 
     def lengths(self) -> list[int]:
@@ -60,6 +109,8 @@ class Collator:
             batch["target"] = torch.tensor(np.stack([it["target"] for it in items]), dtype=torch.float32)
         if "weight" in items[0]:
             batch["weight"] = torch.tensor([it["weight"] for it in items], dtype=torch.float32)
+        if "text" in items[0]:
+            batch["text"] = torch.tensor([it["text"] for it in items])
         return batch
 
 
@@ -95,21 +146,51 @@ class BucketBatchSampler(Sampler[list[int]]):
         yield from batches
 
 
+def special_tokens(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The tokens the tokenizer puts before and after a text ([CLS] and [SEP], <s> and </s>, a BOS alone), found on
+    a probe: every architecture's tokenizer says it its own way."""
+    probe = "text"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    start = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
+    return full[:start], full[start + len(bare) :]
+
+
 class TextBatcher:
     """Texts to batches with one tokenizer: every place that batches texts (training, prediction from a run folder,
     frozen embeddings, masked-LM pretraining, the diagnostics, the benchmark) builds them here, by the same rules."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_len: int, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_len: int,
+        pad_to_multiple_of: int | None = None,
+        truncation: str = "head",
+        stride: int | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_len = max_len
+        self.truncation, self.stride = TRUNCATIONS[truncation], stride
         self.separator = tokenizer.sep_token or tokenizer.eos_token or " "  # what `{sep}` of a text template becomes
         self.collate = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
+        self.prefix, self.suffix = special_tokens(tokenizer)
+
+    def split(self, texts: Sequence[str], max_len: int | None = None) -> Tokens:
+        """The texts' windows of at most `max_len` tokens (default: the batcher's), special tokens included."""
+        budget = (max_len or self.max_len) - len(self.prefix) - len(self.suffix)
+        stride = self.stride or max(budget // 2, 1)
+        # verbose=False: a text longer than the model's length is expected here; the windows are cut below
+        content = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+        windows, text_of = [], []
+        for text, ids in enumerate(content):
+            for piece in self.truncation(ids, budget, stride):
+                windows.append(self.prefix + piece + self.suffix)
+                text_of.append(text)
+        return Tokens(windows, np.array(text_of, dtype=np.int64))
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:  # the fast tokenizers fail on an empty batch
-            return []
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_len, return_attention_mask=False)
-        return encoded["input_ids"]
+        """One window per text, for the uses that read each text once (masked-LM pretraining, the diagnostics)."""
+        return self.split(texts).windows
 
     def train_loader(self, dataset: TextDataset, batch_size: int, seed: int, bucketing: bool = True) -> DataLoader:
         """Batches drawn from the seed and the epoch alone. The loader has a generator of its own, so iterating it
@@ -119,11 +200,13 @@ class TextBatcher:
             dataset, batch_sampler=sampler, collate_fn=self.collate, generator=torch.Generator(), pin_memory=PIN_MEMORY
         )
 
-    def eval_loader(self, input_ids: list[list[int]], rows: np.ndarray, batch_size: int) -> DataLoader:
-        """Rows sorted by length (least padding); predictions are put back in place by the `row` of each item."""
-        order = sorted(rows, key=lambda r: len(input_ids[int(r)]))
-        dataset = TextDataset(input_ids, np.asarray(order))
+    def eval_loader(self, tokens: Tokens, rows: np.ndarray, batch_size: int) -> DataLoader:
+        """Windows `rows` sorted by length (least padding); each prediction is put back by its item's `row`, and
+        averaged into its `text`."""
+        order = sorted(rows, key=lambda r: len(tokens.windows[int(r)]))
+        dataset = TextDataset(tokens.windows, np.asarray(order, dtype=np.int64), text_of=tokens.text_of)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate, pin_memory=PIN_MEMORY)
 
-    def texts_loader(self, texts: Sequence[str], batch_size: int) -> DataLoader:
-        return self.eval_loader(self.tokenize(texts), np.arange(len(texts)), batch_size)
+    def texts_loader(self, texts: Sequence[str], batch_size: int, max_len: int | None = None) -> DataLoader:
+        tokens = self.split(texts, max_len)
+        return self.eval_loader(tokens, np.arange(len(tokens.windows)), batch_size)

@@ -60,9 +60,12 @@ def predict_tfidf_ridge(state: dict, vocabulary: list[str], texts: list[str]) ->
 
 
 @torch.no_grad()
-def embed(backbone_dir: str, texts: list[str], max_len: int, batch_size: int) -> np.ndarray:
-    """Mean-pooled last hidden states of the frozen, pretrained backbone."""
-    batcher = TextBatcher(load_tokenizer(backbone_dir), max_len)
+def embed(backbone_dir: str, texts: list[str], model: ModelConfig, batch_size: int) -> np.ndarray:
+    """Mean-pooled last hidden states of the frozen, pretrained backbone; a text of several windows (as
+    `model.truncation` cuts it, at `model.predict_max_len`) gets their mean."""
+    batcher = TextBatcher(
+        load_tokenizer(backbone_dir), model.predict_max_len or model.max_len, None, model.truncation, model.stride
+    )
     backbone = AutoModel.from_pretrained(backbone_dir).eval()
 
     def forward(batch: dict) -> torch.Tensor:
@@ -213,7 +216,7 @@ class EmbeddingRidge(ClassicalMember):
 
     @classmethod
     def inputs(cls, model: ModelConfig, train: TrainConfig, backbone: str | None, texts: list[str]) -> np.ndarray:
-        return embed(backbone, texts, model.max_len, train.eval_batch_size)
+        return embed(backbone, texts, model, train.eval_batch_size)
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[dict, dict]:
         return fit_ridge(inputs, targets, self.model.ridge_alpha), {}

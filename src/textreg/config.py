@@ -139,8 +139,21 @@ class ModelConfig(_Section):
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
     pooling: Literal["cls", "mean", "attention", "weighted_layers"] = "mean"
     reinit_layers: int = Field(default=0, ge=0, description="re-initialise the top k layers of the backbone")
-    max_len: int = Field(default=256, ge=8)
+    max_len: int = Field(default=256, ge=8, description="the tokens of a window in training, special ones included")
+    predict_max_len: int | None = Field(default=None, ge=8)
+    """the tokens of a window in validation and prediction; null: max_len (longer: more of a long text at once)"""
+    truncation: str = "head"
+    """a text longer than a window: head (its first tokens), head_tail (its first quarter and last three quarters),
+    windows (all of it, in windows `stride` apart, predicted as their mean); the registry is batching.TRUNCATIONS"""
+    stride: int | None = Field(default=None, ge=1, description="windows: tokens between starts; null: half a window")
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+
+    @field_validator("truncation")
+    @classmethod
+    def _registered_truncation(cls, value: str) -> str:
+        from textreg.batching import TRUNCATIONS  # torch: not for a config that is only read
+
+        return registered("truncation", value, TRUNCATIONS)
 
     @field_validator("kind")
     @classmethod

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, get_scheduler
+from transformers import AutoConfig, PreTrainedTokenizerBase, get_scheduler
 
 from textreg import checkpoints
 from textreg.artifacts import RunFolder
@@ -54,7 +54,7 @@ class TransformerMember:
     def __init__(self, model: ModelConfig, train: TrainConfig, task: Task) -> None:
         self.model, self.train, self.task = model, train, task
         self.backbone_path, self.backbone_config = load_backbone_config(model)
-        self.batcher = TextBatcher(load_tokenizer(self.backbone_path), model.max_len, train.pad_to_multiple_of)
+        self.batcher = batcher_for(load_tokenizer(self.backbone_path), model, train)
         self.separator = self.batcher.separator
         self.batch_size = train.batch_size
         self.accelerator = make_accelerator(train.mixed_precision, train.grad_accum)
@@ -86,8 +86,11 @@ class TransformerMember:
     def prepare(
         self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
     ) -> None:
-        tokenize = self.batcher.tokenize
-        self.ids, self.test_ids, self.pseudo_ids = tokenize(texts), tokenize(test_texts), tokenize(pseudo_texts)
+        """Every text cut into windows once: the training ones (the pseudo-labelled texts after the labelled ones)
+        at `model.max_len`, the ones validated and predicted at `model.predict_max_len`."""
+        split, length = self.batcher.split, self.model.predict_max_len
+        self.train_tokens, self.valid_tokens = split(texts + pseudo_texts), split(texts, length)
+        self.test_tokens, self.n_test = split(test_texts, length), len(test_texts)
         self.targets = targets.astype(np.float32)
 
     def fit_fold(
@@ -103,20 +106,23 @@ class TransformerMember:
         rows (their targets for this fold, and their weight in the loss); validate on the truth."""
         train, seed, batcher = self.train, self.task.seed + fold, self.batcher
         set_seed(seed)
-        train_set = TextDataset(self.ids, train_rows, targets.astype(np.float32))
-        if pseudo is not None:  # the pseudo-labelled rows follow the labelled ones
-            (pseudo_targets, weight), n, extra = pseudo, len(self.ids), len(self.pseudo_ids)
-            weights = np.concatenate([np.ones(n), np.full(extra, weight)]).astype(np.float32)
-            all_targets = np.concatenate([targets, pseudo_targets]).astype(np.float32)
-            rows = np.concatenate([train_rows, n + np.arange(extra)])
-            train_set = TextDataset(self.ids + self.pseudo_ids, rows, all_targets, weights)
+        tokens, texts, text_weights = self.train_tokens, train_rows, None
+        if pseudo is not None:  # the pseudo-labelled texts follow the labelled ones
+            (pseudo_targets, weight), n = pseudo, len(targets)
+            text_weights = np.concatenate([np.ones(n), np.full(len(pseudo_targets), weight)]).astype(np.float32)
+            targets = np.concatenate([targets, pseudo_targets])
+            texts = np.concatenate([train_rows, n + np.arange(len(pseudo_targets))])
+        window_weights = None if text_weights is None else text_weights[tokens.text_of]
+        window_targets = targets.astype(np.float32)[tokens.text_of]  # each window learns its text's target
+        train_set = TextDataset(tokens.windows, tokens.rows_of(texts), window_targets, window_weights)
+        valid, test, size = self.valid_tokens, self.test_tokens, train.eval_batch_size
         loaders = {
             "train": batcher.train_loader(train_set, train.batch_size, seed, train.length_bucketing),
-            "valid": batcher.eval_loader(self.ids, valid_rows, train.eval_batch_size),
-            "test": batcher.eval_loader(self.test_ids, np.arange(len(self.test_ids)), train.eval_batch_size),
+            "valid": batcher.eval_loader(valid, valid.rows_of(valid_rows), size),
+            "test": batcher.eval_loader(test, np.arange(len(test.windows)), size),
         }
         if train.save_fitted:
-            loaders["fitted"] = batcher.eval_loader(self.ids, train_rows, train.eval_batch_size)
+            loaders["fitted"] = batcher.eval_loader(valid, valid.rows_of(train_rows), size)
         model = self.fold_model(fold, targets[train_rows], batcher.collate([train_set[0]]))
         result = train_fold(
             self.accelerator,
@@ -127,7 +133,7 @@ class TransformerMember:
             loaders,
             self.targets,
             valid_rows,
-            len(self.test_ids),
+            self.n_test,
             listener,
             self.task.run.fold_dir(fold),
         )
@@ -158,9 +164,9 @@ class TransformerMember:
         """Each fold's checkpoint on the backbone rebuilt from the run's `backbone/` folder: offline."""
         run, device = task.run, torch.device("cuda" if torch.cuda.is_available() else "cpu")
         set_cudnn_attention(train.cudnn_attention)
-        batcher = TextBatcher(load_tokenizer(str(run.backbone_dir)), model.max_len, train.pad_to_multiple_of)
+        batcher = batcher_for(load_tokenizer(str(run.backbone_dir)), model, train)
         texts = texts_with(batcher.separator)
-        loader = batcher.texts_loader(texts, train.eval_batch_size)
+        loader = batcher.texts_loader(texts, train.eval_batch_size, model.predict_max_len)
         net = build_model(model, len(task.targets), None, AutoConfig.from_pretrained(run.backbone_dir))
         net.to(device).eval()
 
@@ -173,6 +179,11 @@ class TransformerMember:
             with autocast(device, choose_mixed_precision(train.mixed_precision)):
                 predictions[fold] = predict_rows(forward, loader, len(texts), device=device, progress=f"fold {fold}")
         return predictions
+
+
+def batcher_for(tokenizer: PreTrainedTokenizerBase, model: ModelConfig, train: TrainConfig) -> TextBatcher:
+    """The member's batcher: the config's length, truncation and padding, the same in training and prediction."""
+    return TextBatcher(tokenizer, model.max_len, train.pad_to_multiple_of, model.truncation, model.stride)
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int = 1) -> Accelerator:
