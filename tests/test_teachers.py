@@ -133,7 +133,7 @@ def test_pseudo_labelled_rows_train_each_fold_with_that_folds_teacher_and_weight
     assert predict_cli.main([str(teacher), "--input", str(texts)]) == 0
     seen = []
     dataset = engine.TextDataset
-    monkeypatch.setattr(engine, "TextDataset", lambda *args: seen.append(args) or dataset(*args))
+    monkeypatch.setattr(engine, "TextDataset", lambda *args, **kw: seen.append(args) or dataset(*args, **kw))
     pseudo = f"data.pseudo_label={{teacher: {teacher}, texts: {texts}, weight: 0.3}}"
     train_in_process(config, "experiment=student", "cv.scheme=kfold", pseudo)
     scored = pd.read_csv(teacher / "predictions" / "unlabeled.csv")

@@ -19,6 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from textreg.errors import UserError
+
 PIN_MEMORY = torch.cuda.is_available()  # page-locked batches: copies to the GPU that need not wait
 
 
@@ -54,6 +56,7 @@ class Tokens:
 
     windows: list[list[int]]
     text_of: np.ndarray
+    pool_masks: list[list[int]] | None = None  # 1 where a token is pooled (model.pool_column's), per window
 
     def rows_of(self, texts: np.ndarray) -> np.ndarray:
         """The windows of `texts`, in text order."""
@@ -69,6 +72,7 @@ class TextDataset(Dataset):
     targets: np.ndarray | None = None
     weights: np.ndarray | None = None  # each row's weight in the loss (pseudo-labelled rows weigh less)
     text_of: np.ndarray | None = None  # each row's text, when a text is several rows (windows)
+    pool_masks: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,6 +86,8 @@ class TextDataset(Dataset):
             item["weight"] = self.weights[row]
         if self.text_of is not None:
             item["text"] = int(self.text_of[row])
+        if self.pool_masks is not None:
+            item["pool_mask"] = self.pool_masks[row]
         return item
 
     def lengths(self) -> list[int]:
@@ -101,10 +107,15 @@ class Collator:
         width = -(-max(len(it["input_ids"]) for it in items) // self.multiple) * self.multiple
         ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
+        pool = torch.zeros((len(items), width), dtype=torch.long) if "pool_mask" in items[0] else None
         for i, it in enumerate(items):
             ids[i, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
             mask[i, : len(it["input_ids"])] = 1
+            if pool is not None:
+                pool[i, : len(it["input_ids"])] = torch.tensor(it["pool_mask"])
         batch = {"input_ids": ids, "attention_mask": mask, "row": torch.tensor([it["row"] for it in items])}
+        if pool is not None:
+            batch["pool_mask"] = pool
         if "target" in items[0]:
             batch["target"] = torch.tensor(np.stack([it["target"] for it in items]), dtype=torch.float32)
         if "weight" in items[0]:
@@ -167,6 +178,7 @@ class TextBatcher:
         pad_to_multiple_of: int | None = None,
         truncation: str = "head",
         stride: int | None = None,
+        pool_segment: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_len = max_len
@@ -174,6 +186,11 @@ class TextBatcher:
         self.separator = tokenizer.sep_token or tokenizer.eos_token or " "  # what `{sep}` of a text template becomes
         self.collate = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
         self.prefix, self.suffix = special_tokens(tokenizer)
+        self.pool_segment, self.separator_id = pool_segment, tokenizer.convert_tokens_to_ids(self.separator)
+        if pool_segment is not None and not (tokenizer.sep_token or tokenizer.eos_token):
+            raise UserError(
+                "model.pool_column: this tokenizer has no separator token to tell the template's parts apart"
+            )
 
     def split(self, texts: Sequence[str], max_len: int | None = None) -> Tokens:
         """The texts' windows of at most `max_len` tokens (default: the batcher's), special tokens included."""
@@ -181,12 +198,24 @@ class TextBatcher:
         stride = self.stride or max(budget // 2, 1)
         # verbose=False: a text longer than the model's length is expected here; the windows are cut below
         content = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-        windows, text_of = [], []
+        windows, text_of, pool_masks = [], [], []
+        specials = [0] * len(self.prefix), [0] * len(self.suffix)
         for text, ids in enumerate(content):
-            for piece in self.truncation(ids, budget, stride):
-                windows.append(self.prefix + piece + self.suffix)
+            pooled = self.pooled(ids)
+            for positions in self.truncation(list(range(len(ids))), budget, stride):
+                windows.append(self.prefix + [ids[p] for p in positions] + self.suffix)
+                pool_masks.append(specials[0] + [pooled[p] for p in positions] + specials[1])
                 text_of.append(text)
-        return Tokens(windows, np.array(text_of, dtype=np.int64))
+        masks = pool_masks if self.pool_segment is not None else None
+        return Tokens(windows, np.array(text_of, dtype=np.int64), masks)
+
+    def pooled(self, ids: list[int]) -> list[int]:
+        """1 for the tokens of the `pool_segment`-th part between separators (all tokens without a segment)."""
+        if self.pool_segment is None:
+            return [1] * len(ids)
+        is_separator = np.array(ids, dtype=np.int64) == self.separator_id
+        segment = np.cumsum(is_separator)
+        return ((segment == self.pool_segment) & ~is_separator).astype(int).tolist()
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """One window per text, for the uses that read each text once (masked-LM pretraining, the diagnostics)."""
@@ -204,7 +233,8 @@ class TextBatcher:
         """Windows `rows` sorted by length (least padding); each prediction is put back by its item's `row`, and
         averaged into its `text`."""
         order = sorted(rows, key=lambda r: len(tokens.windows[int(r)]))
-        dataset = TextDataset(tokens.windows, np.asarray(order, dtype=np.int64), text_of=tokens.text_of)
+        rows = np.asarray(order, dtype=np.int64)
+        dataset = TextDataset(tokens.windows, rows, text_of=tokens.text_of, pool_masks=tokens.pool_masks)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate, pin_memory=PIN_MEMORY)
 
     def texts_loader(self, texts: Sequence[str], batch_size: int, max_len: int | None = None) -> DataLoader:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -82,6 +83,19 @@ class DataConfig(_Section):
     subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")
     pseudo_label: PseudoLabelConfig | None = Field(default=None, description="learn from unlabeled rows too")
 
+    def segment_of(self, column: str) -> int:
+        """The `{sep}`-separated part of text_template that is `column` alone (0: before the first {sep})."""
+        parts: list[list[str]] = [[]]
+        for _, field, _, _ in Formatter().parse(self.text_template or ""):
+            if field == "sep":
+                parts.append([])
+            elif field:
+                parts[-1].append(field)
+        found = [k for k, fields in enumerate(parts) if column in fields]
+        if not found or parts[found[0]] != [column]:
+            raise ValueError(f"model.pool_column={column}: data.text_template must hold {{{column}}} between {{sep}}s")
+        return found[0]
+
     @model_validator(mode="after")
     def _one_text_source(self) -> DataConfig:
         if (self.text_column is None) == (self.text_template is None):
@@ -146,6 +160,9 @@ class ModelConfig(_Section):
     """a text longer than a window: head (its first tokens), head_tail (its first quarter and last three quarters),
     windows (all of it, in windows `stride` apart, predicted as their mean); the registry is batching.TRUNCATIONS"""
     stride: int | None = Field(default=None, ge=1, description="windows: tokens between starts; null: half a window")
+    pool_column: str | None = None
+    """pool only the tokens of this column of data.text_template (the summary, not the prompt before it); the
+    template must put it between {sep}s"""
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
 
     @field_validator("truncation")
@@ -284,6 +301,8 @@ class Config(_Section):
             bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
             if bad or not self.folds or len(set(self.folds)) != len(self.folds):
                 raise ValueError(f"folds={self.folds}: give distinct fold numbers from 0 to {self.cv.n_folds - 1}")
+        if self.model.pool_column is not None:
+            self.data.segment_of(self.model.pool_column)
         weights, targets = self.train.target_weights, self.data.target_columns
         if weights is not None and len(weights) != len(targets):
             raise ValueError(f"train.target_weights={weights}: give one weight for each of {targets}")

@@ -54,7 +54,7 @@ class TransformerMember:
     def __init__(self, model: ModelConfig, train: TrainConfig, task: Task) -> None:
         self.model, self.train, self.task = model, train, task
         self.backbone_path, self.backbone_config = load_backbone_config(model)
-        self.batcher = batcher_for(load_tokenizer(self.backbone_path), model, train)
+        self.batcher = batcher_for(load_tokenizer(self.backbone_path), model, train, task.pool_segment)
         self.separator = self.batcher.separator
         self.batch_size = train.batch_size
         self.accelerator = make_accelerator(train.mixed_precision, train.grad_accum)
@@ -114,7 +114,8 @@ class TransformerMember:
             texts = np.concatenate([train_rows, n + np.arange(len(pseudo_targets))])
         window_weights = None if text_weights is None else text_weights[tokens.text_of]
         window_targets = targets.astype(np.float32)[tokens.text_of]  # each window learns its text's target
-        train_set = TextDataset(tokens.windows, tokens.rows_of(texts), window_targets, window_weights)
+        rows = tokens.rows_of(texts)
+        train_set = TextDataset(tokens.windows, rows, window_targets, window_weights, pool_masks=tokens.pool_masks)
         valid, test, size = self.valid_tokens, self.test_tokens, train.eval_batch_size
         loaders = {
             "train": batcher.train_loader(train_set, train.batch_size, seed, train.length_bucketing),
@@ -164,14 +165,14 @@ class TransformerMember:
         """Each fold's checkpoint on the backbone rebuilt from the run's `backbone/` folder: offline."""
         run, device = task.run, torch.device("cuda" if torch.cuda.is_available() else "cpu")
         set_cudnn_attention(train.cudnn_attention)
-        batcher = batcher_for(load_tokenizer(str(run.backbone_dir)), model, train)
+        batcher = batcher_for(load_tokenizer(str(run.backbone_dir)), model, train, task.pool_segment)
         texts = texts_with(batcher.separator)
         loader = batcher.texts_loader(texts, train.eval_batch_size, model.predict_max_len)
         net = build_model(model, len(task.targets), None, AutoConfig.from_pretrained(run.backbone_dir))
         net.to(device).eval()
 
         def forward(batch: dict) -> torch.Tensor:
-            return net.to_target_units(net(batch["input_ids"], batch["attention_mask"]))
+            return net.to_target_units(net(batch["input_ids"], batch["attention_mask"], batch.get("pool_mask")))
 
         predictions = {}
         for fold in folds:
@@ -181,9 +182,11 @@ class TransformerMember:
         return predictions
 
 
-def batcher_for(tokenizer: PreTrainedTokenizerBase, model: ModelConfig, train: TrainConfig) -> TextBatcher:
-    """The member's batcher: the config's length, truncation and padding, the same in training and prediction."""
-    return TextBatcher(tokenizer, model.max_len, train.pad_to_multiple_of, model.truncation, model.stride)
+def batcher_for(
+    tokenizer: PreTrainedTokenizerBase, model: ModelConfig, train: TrainConfig, pool_segment: int | None
+) -> TextBatcher:
+    """The member's batcher: the config's length, truncation, pooled part and padding, in training and prediction."""
+    return TextBatcher(tokenizer, model.max_len, train.pad_to_multiple_of, model.truncation, model.stride, pool_segment)
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int = 1) -> Accelerator:
@@ -259,7 +262,7 @@ def predict(
     units = accelerator.unwrap_model(model)
 
     def forward(batch: dict) -> torch.Tensor:
-        return units.to_target_units(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        return units.to_target_units(model(batch["input_ids"], batch["attention_mask"], batch.get("pool_mask")))
 
     progress = progress if accelerator.is_local_main_process else None
     return predict_rows(forward, loader, n_rows, gather=accelerator.gather_for_metrics, progress=progress)
@@ -444,7 +447,7 @@ def train_fold(
         tick = time.perf_counter()
         for batch in epoch_batches(accelerator, train_dl, sampler, progress.epoch, progress.batches_in_epoch):
             with accelerator.accumulate(model):
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                out = model(batch["input_ids"], batch["attention_mask"], batch.get("pool_mask"))
                 target = units.to_model_units(batch["target"])
                 loss = training_loss(train.loss, out.float(), target, batch.get("weight"), target_weights)
                 optimizer_step(accelerator, model, loss, optimizer, scheduler, train.grad_clip)

@@ -143,10 +143,15 @@ class RegressionModel(nn.Module):
         self.register_buffer("target_mean", torch.zeros(n_targets))
         self.register_buffer("target_std", torch.ones(n_targets))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`pool_mask`: the tokens the pooling reads (model.pool_column's); a window without one reads them all."""
         mixing = self.layer_logits is not None
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=mixing)
         hidden = out.last_hidden_state
+        if pool_mask is not None:
+            attention_mask = torch.where(pool_mask.sum(1, keepdim=True) > 0, pool_mask, attention_mask)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "mean":
