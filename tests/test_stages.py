@@ -3,9 +3,13 @@ the same split."""
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import train_in_process
 
 import train
+from textreg import engine
+from textreg.config import load_config
+from textreg.errors import UserError
 
 
 def test_each_fold_starts_from_its_own_fold_of_the_earlier_run(make_config, tmp_path):
@@ -31,3 +35,24 @@ def test_an_earlier_run_of_another_split_or_unfinished_folds_is_refused(make_con
     assert train.main(["--config", str(config), "experiment=c", f"train.init_from={first}"]) == 2
     assert "has not finished folds [1]; a fold starts from its own fold" in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "b").exists() and not (tmp_path / "outputs" / "c").exists()
+
+
+def test_extra_training_files_train_every_fold_and_are_never_validated(make_config, competition, tmp_path, monkeypatch):
+    outside = pd.DataFrame(
+        {"id": [f"out{i}" for i in range(5)], "excerpt": ["the cat sat"] * 5, "target": np.arange(5.0)}
+    )
+    outside.to_csv(competition / "outside.csv", index=False)
+    seen = []
+    dataset = engine.TextDataset
+    monkeypatch.setattr(engine, "TextDataset", lambda *args, **kw: seen.append(args) or dataset(*args, **kw))
+    train_in_process(make_config(), "data.extra_train_files=[outside.csv]")
+    n = len(pd.read_csv(competition / "train.csv"))
+    assert len(seen) == 2  # a training set per fold
+    for ids, rows, targets, weights in seen:
+        assert len(ids) == n + 5 and set(range(n, n + 5)) <= set(rows)  # the outside rows are in every fold's
+        np.testing.assert_allclose(targets[n:, 0], outside["target"])
+        assert (weights == 1).all()
+    oof = pd.read_csv(tmp_path / "outputs" / "tiny" / "oof.csv")
+    assert len(oof) == n and not oof["id"].str.startswith("out").any()  # validated on the competition's rows only
+    with pytest.raises(UserError, match="data.extra_train_files trains model.kind=transformer only"):
+        load_config(make_config(), ["data.extra_train_files=[outside.csv]", "model.kind=tfidf_ridge"])

@@ -87,7 +87,7 @@ def test_a_transformer_student_trains_on_the_blend(tmp_path, competition, backbo
     seen = []
     dataset = engine.TextDataset
     monkeypatch.setattr(
-        engine, "TextDataset", lambda ids, rows, y, w: seen.append((rows, y)) or dataset(ids, rows, y, w)
+        engine, "TextDataset", lambda ids, rows, y, *a, **kw: seen.append((rows, y)) or dataset(ids, rows, y, *a, **kw)
     )
     train_in_process(config, *student, "cv.scheme=kfold", "folds=[1]")
     ((rows, targets),) = seen

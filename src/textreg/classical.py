@@ -137,9 +137,9 @@ class ClassicalMember:
         write_folder_once(folder, write)
 
     def prepare(
-        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
+        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, extra_texts: list[str]
     ) -> None:
-        """`pseudo_texts` is always empty: the config refuses pseudo-labels for a classical member."""
+        """`extra_texts` is always empty: the config refuses extra training rows for a classical member."""
         tick = time.perf_counter()
         self.fit_inputs = self.inputs(self.model, self.train, self.backbone_path, texts)
         self.test_inputs = self.inputs(self.model, self.train, self.backbone_path, test_texts)
@@ -154,7 +154,7 @@ class ClassicalMember:
         valid_rows: np.ndarray,
         targets: np.ndarray,
         listener: Listener,
-        pseudo: tuple[np.ndarray, float] | None = None,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FoldResult:
         """Fit on `targets` of the training rows (a teacher's blend, with distillation); score on the truth."""
         scorer, tick = self.task.scorer, time.perf_counter()

@@ -82,6 +82,9 @@ class DataConfig(_Section):
     """the lowest and the highest score a row can have: QWK's labels are the integers between them"""
     subset: int | None = Field(default=None, gt=0, description="random sample of N training rows (debug)")
     pseudo_label: PseudoLabelConfig | None = Field(default=None, description="learn from unlabeled rows too")
+    extra_train_files: list[str] = Field(default_factory=list)
+    """labelled files in data.dir (the train file's columns) added to every fold's training rows, never validated:
+    outside data for a first stage (then train.init_from)"""
 
     def segment_of(self, column: str) -> int:
         """The `{sep}`-separated part of text_template that is `column` alone (0: before the first {sep})."""
@@ -294,9 +297,10 @@ class Config(_Section):
         """Pseudo-labels only for a kind that learns them; folds in range; a score range for a metric that needs one."""
         from textreg.members import KINDS
 
-        if self.data.pseudo_label and not KINDS[self.model.kind].pseudo_labels:
-            learners = " or ".join(f"model.kind={name}" for name, kind in KINDS.items() if kind.pseudo_labels)
-            raise ValueError(f"data.pseudo_label trains {learners} only")
+        extra = [key for key in ("pseudo_label", "extra_train_files") if getattr(self.data, key)]
+        if extra and not KINDS[self.model.kind].extra_rows:
+            learners = " or ".join(f"model.kind={name}" for name, kind in KINDS.items() if kind.extra_rows)
+            raise ValueError(f"data.{extra[0]} trains {learners} only")
         if self.folds is not None:
             bad = [f for f in self.folds if not 0 <= f < self.cv.n_folds]
             if bad or not self.folds or len(set(self.folds)) != len(self.folds):

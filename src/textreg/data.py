@@ -88,16 +88,30 @@ def load_train(data: DataConfig, cv: CVConfig, seed: int) -> pd.DataFrame:
     """The training file, checked; `data.subset` rows of it drawn by `seed`."""
     path = data.dir / data.train_file
     extra = [c for c in (cv.group_column, cv.stratify_column) if c]
-    df = _load(data, "train", path, [*data.target_columns, *extra])
+    df = _with_targets(_load(data, "train", path, [*data.target_columns, *extra]), data, path)
+    if data.subset is not None and data.subset < len(df):
+        df = df.sample(n=data.subset, random_state=seed).sort_index()
+    return df.reset_index(drop=True)
+
+
+def _with_targets(df: pd.DataFrame, data: DataConfig, path: Path) -> pd.DataFrame:
+    """The targets as floats, every one a number."""
     for col in data.target_columns:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
         if bad.any():
             raise UserError(f"{path}: target '{col}' is missing or not a number at row {bad.to_numpy().argmax() + 2}")
         df[col] = values.astype("float64")
-    if data.subset is not None and data.subset < len(df):
-        df = df.sample(n=data.subset, random_state=seed).sort_index()
-    return df.reset_index(drop=True)
+    return df
+
+
+def load_extra_train(data: DataConfig) -> pd.DataFrame:
+    """The rows of `data.extra_train_files`, checked as the training file is; they train every fold."""
+    frames = [
+        _with_targets(_load(data, "train", data.dir / name, data.target_columns), data, data.dir / name)
+        for name in data.extra_train_files
+    ]
+    return pd.concat(frames, ignore_index=True)
 
 
 def load_test(data: DataConfig, path: Path | None = None) -> pd.DataFrame:

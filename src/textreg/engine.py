@@ -84,12 +84,12 @@ class TransformerMember:
         write_folder_once(folder, write)
 
     def prepare(
-        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
+        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, extra_texts: list[str]
     ) -> None:
-        """Every text cut into windows once: the training ones (the pseudo-labelled texts after the labelled ones)
+        """Every text cut into windows once: the training ones (the extra training texts after the labelled ones)
         at `model.max_len`, the ones validated and predicted at `model.predict_max_len`."""
         split, length = self.batcher.split, self.model.predict_max_len
-        self.train_tokens, self.valid_tokens = split(texts + pseudo_texts), split(texts, length)
+        self.train_tokens, self.valid_tokens = split(texts + extra_texts), split(texts, length)
         self.test_tokens, self.n_test = split(test_texts, length), len(test_texts)
         self.targets = targets.astype(np.float32)
 
@@ -100,18 +100,19 @@ class TransformerMember:
         valid_rows: np.ndarray,
         targets: np.ndarray,
         listener: Listener,
-        pseudo: tuple[np.ndarray, float] | None = None,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FoldResult:
-        """Train on `targets` of the training rows (a teacher's blend, with distillation) and on the pseudo-labelled
-        rows (their targets for this fold, and their weight in the loss); validate on the truth."""
+        """Train on `targets` of the training rows (a teacher's blend, with distillation) and on the extra rows
+        (pseudo-labelled and outside ones: their targets for this fold, and their weights in the loss); validate on
+        the truth."""
         train, seed, batcher = self.train, self.task.seed + fold, self.batcher
         set_seed(seed)
         tokens, texts, text_weights = self.train_tokens, train_rows, None
-        if pseudo is not None:  # the pseudo-labelled texts follow the labelled ones
-            (pseudo_targets, weight), n = pseudo, len(targets)
-            text_weights = np.concatenate([np.ones(n), np.full(len(pseudo_targets), weight)]).astype(np.float32)
-            targets = np.concatenate([targets, pseudo_targets])
-            texts = np.concatenate([train_rows, n + np.arange(len(pseudo_targets))])
+        if extra is not None:  # the extra texts follow the labelled ones
+            (extra_targets, extra_weights), n = extra, len(targets)
+            text_weights = np.concatenate([np.ones(n), extra_weights]).astype(np.float32)
+            targets = np.concatenate([targets, extra_targets])
+            texts = np.concatenate([train_rows, n + np.arange(len(extra_targets))])
         window_weights = None if text_weights is None else text_weights[tokens.text_of]
         window_targets = targets.astype(np.float32)[tokens.text_of]  # each window learns its text's target
         rows = tokens.rows_of(texts)

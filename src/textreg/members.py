@@ -60,7 +60,7 @@ class Member(Protocol):
     def announce(self) -> str: ...
     def save_assets(self, folder: Path) -> None: ...
     def prepare(
-        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, pseudo_texts: list[str]
+        self, texts: list[str], test_texts: list[str], targets: np.ndarray, folds_to_fit: int, extra_texts: list[str]
     ) -> None: ...
     def fit_fold(
         self,
@@ -69,7 +69,7 @@ class Member(Protocol):
         valid_rows: np.ndarray,
         targets: np.ndarray,
         listener: Listener,
-        pseudo: tuple[np.ndarray, float] | None = None,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FoldResult: ...
 
     @classmethod
@@ -82,20 +82,22 @@ class Member(Protocol):
 @dataclass(frozen=True)
 class Kind:
     member: str | type  # "module:Class", imported on first use, or the class itself
-    pseudo_labels: bool = False  # whether it can learn from pseudo-labelled rows (data.pseudo_label)
+    extra_rows: bool = (
+        False  # whether it learns from rows beyond the folds' (data.pseudo_label, data.extra_train_files)
+    )
 
 
 KINDS: dict[str, Kind] = {
-    "transformer": Kind("textreg.engine:TransformerMember", pseudo_labels=True),
+    "transformer": Kind("textreg.engine:TransformerMember", extra_rows=True),
     "tfidf_ridge": Kind("textreg.classical:TfidfRidge"),
     "embedding_ridge": Kind("textreg.classical:EmbeddingRidge"),
     "features_gbm": Kind("textreg.classical:FeaturesGbm"),
 }
 
 
-def register(name: str, member: type, pseudo_labels: bool = False) -> None:
+def register(name: str, member: type, extra_rows: bool = False) -> None:
     """A new `model.kind`: `member` implements `Member`."""
-    KINDS[name] = Kind(member, pseudo_labels)
+    KINDS[name] = Kind(member, extra_rows)
 
 
 def member_class(name: str) -> type[Member]:

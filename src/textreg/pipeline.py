@@ -9,6 +9,7 @@ module below gets its own sections.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,28 @@ import numpy as np
 from textreg import artifacts, checkpoints, members, teachers
 from textreg.artifacts import RunFolder
 from textreg.config import Config
-from textreg.data import assign_folds, load_sample_submission, load_test, load_train, model_inputs
+from textreg.data import assign_folds, load_extra_train, load_sample_submission, load_test, load_train, model_inputs
 from textreg.errors import UserError
 from textreg.files import write_csv
 from textreg.records import ValidationEvent
 from textreg.submission import check_test_ids
 from textreg.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    """Rows that train every fold and are never validated: the pseudo-labelled ones, then the outside ones."""
+
+    texts: list[str]
+    pseudo: teachers.PseudoLabels | None
+    outside_targets: np.ndarray  # (rows, targets) of data.extra_train_files
+
+    def of_fold(self, fold: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Their targets for this fold (a pseudo-label is the fold's teacher's) and their weights in the loss."""
+        parts = [(self.outside_targets, np.ones(len(self.outside_targets)))] if len(self.outside_targets) else []
+        if self.pseudo:
+            parts.insert(0, (self.pseudo.targets(fold), np.full(len(self.pseudo.texts), self.pseudo.weight)))
+        return (np.concatenate([t for t, _ in parts]), np.concatenate([w for _, w in parts])) if parts else None
 
 
 def run_cv(cfg: Config) -> dict | None:
@@ -42,6 +59,11 @@ def run_cv(cfg: Config) -> dict | None:
         teachers.check_earlier_stage(RunFolder(cfg.train.init_from), cfg.data, train_df, folds)
     pseudo_label = cfg.data.pseudo_label
     pseudo = teachers.load_pseudo_labels(pseudo_label, cfg.data, train_df, member.separator) if pseudo_label else None
+    outside = load_extra_train(cfg.data) if cfg.data.extra_train_files else train_df.iloc[:0]
+    outside_texts = model_inputs(outside, cfg.data, member.separator)
+    extra = ExtraRows(
+        (pseudo.texts if pseudo else []) + outside_texts, pseudo, outside[cfg.data.target_columns].to_numpy()
+    )
     member.print(f"{cfg.experiment}: {len(train_df)} rows, folds {folds} of {cfg.cv.n_folds}, {member.announce()}")
     if member.is_main_process:
         run.prepare(cfg.to_dict(), artifacts.describe_environment(folds, member.describe()))
@@ -56,7 +78,7 @@ def run_cv(cfg: Config) -> dict | None:
     targets = train_df[cfg.data.target_columns].to_numpy()
     if to_fit:  # tokenizing or embedding every text is work only a fold to fit needs
         test_texts = model_inputs(test_df, cfg.data, member.separator)
-        member.prepare(texts, test_texts, targets, len(to_fit), pseudo.texts if pseudo else [])
+        member.prepare(texts, test_texts, targets, len(to_fit), extra.texts)
     tracker = Tracker(cfg.tracking, cfg.experiment, cfg.output_dir, member.is_main_process)
     fold_of_row = train_df["fold"].to_numpy()
 
@@ -73,8 +95,7 @@ def run_cv(cfg: Config) -> dict | None:
         ids = train_df[cfg.data.id_column]
         fold_targets = teacher.targets(fold, targets, ids, train_rows) if teacher else targets
         with tracker.fold_run(fold, cfg.to_dict()):
-            fold_pseudo = (pseudo.targets(fold), pseudo.weight) if pseudo else None
-            result = member.fit_fold(fold, train_rows, valid_rows, fold_targets, log_event, fold_pseudo)
+            result = member.fit_fold(fold, train_rows, valid_rows, fold_targets, log_event, extra.of_fold(fold))
             tracker.summarize({f"best_val_{cfg.metric}": result.best_score, "best_step": result.best_step})
             if member.is_main_process:
                 test_ids, train_ids = test_df[cfg.data.id_column], ids.iloc[train_rows]
