@@ -1,4 +1,6 @@
-"""A second competition through configs/summaries.yaml alone: two tables, two targets, grouped folds, MCRMSE."""
+"""The forks of docs/new-competition.md by their configs alone: summaries (two tables, two targets, grouped folds,
+MCRMSE, pooling over the summary), essay scoring (QWK, windows, thresholds) and analytic scores (six targets, MCRMSE,
+rounding to 0.5)."""
 
 import json
 import subprocess
@@ -9,7 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import train_in_process
 
+import ensemble
+import predict
 from textreg import blending
 from textreg.config import load_config
 from textreg.data import load_train, model_inputs
@@ -123,3 +128,81 @@ def test_members_with_two_targets_blend_per_target(summaries_config, tmp_path):
     assert report["metric"] == "mcrmse"
     submission = pd.read_csv(submissions / "ab.csv")
     assert list(submission.columns) == ["student_id", "content", "wording"]
+
+
+def make_essays(folder: Path, n_train: int = 48, seed: int = 0) -> Path:
+    """The layout of Automated Essay Scoring 2.0: essays of 60 to 200 words, integer scores 1-6."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    score = rng.integers(1, 7, size=n_train + 6)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(60, 200))) + " evidence" * int(s) for s in score]
+    ids = [f"e{i:03d}" for i in range(n_train + 6)]
+    pd.DataFrame({"essay_id": ids[:n_train], "full_text": texts[:n_train], "score": score[:n_train]}).to_csv(
+        folder / "train.csv", index=False
+    )
+    pd.DataFrame({"essay_id": ids[n_train:], "full_text": texts[n_train:]}).to_csv(folder / "test.csv", index=False)
+    pd.DataFrame({"essay_id": ids[n_train:], "score": 1}).to_csv(folder / "sample_submission.csv", index=False)
+    return folder
+
+
+ANALYTIC = ["cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"]
+
+
+def make_analytic(folder: Path, n_train: int = 48, seed: int = 0) -> Path:
+    """The layout of English Language Learning: essays of about 100 to 300 words, six scores 1-5 in steps of 0.5."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    ids = [f"t{i:03d}" for i in range(n_train + 6)]
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(100, 300))) for _ in ids]
+    train = pd.DataFrame({"text_id": ids[:n_train], "full_text": texts[:n_train]})
+    for target in ANALYTIC:
+        train[target] = rng.integers(2, 11, size=n_train) / 2
+    train.to_csv(folder / "train.csv", index=False)
+    pd.DataFrame({"text_id": ids[n_train:], "full_text": texts[n_train:]}).to_csv(folder / "test.csv", index=False)
+    pd.DataFrame({"text_id": ids[n_train:], **dict.fromkeys(ANALYTIC, 3.0)}).to_csv(
+        folder / "sample_submission.csv", index=False
+    )
+    return folder
+
+
+FORKS = {  # config, data maker, experiment, targets, the scores a submission may hold
+    "essays": ("essays.yaml", make_essays, "essays-minilm", ["score"], set(range(1, 7))),
+    "analytic": ("analytic.yaml", make_analytic, "analytic-minilm", ANALYTIC, set(np.arange(2, 11) / 2)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fork", FORKS)
+def test_a_fork_trains_predicts_blends_and_submits_from_its_config_alone(fork, tmp_path, backbones):
+    file, make_data, experiment, targets, scores = FORKS[fork]
+    data_dir = make_data(tmp_path / "data")
+    config = tmp_path / f"{fork}-tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": [str(REPO / "configs" / file)],
+                "output_dir": str(tmp_path / "outputs"),
+                "submission_dir": str(tmp_path / "submissions"),
+                "data": {"dir": str(data_dir)},
+                "cv": {"n_folds": 2},
+                "model": {"backbone": str(backbones["bert"]), "max_len": 32, "stride": 16},
+                "train": {"max_steps": 4, "eval_every": 2, "batch_size": 8, "mixed_precision": "no"},
+                "tracking": {"mode": "disabled"},
+            }
+        )
+    )
+    train_in_process(config)
+    train_in_process(config, "experiment=tfidf", "model.kind=tfidf_ridge")
+    outputs, submissions = tmp_path / "outputs", tmp_path / "submissions"
+    sample = pd.read_csv(data_dir / "sample_submission.csv")
+    submission = pd.read_csv(submissions / f"{experiment}.csv")
+    assert list(submission.columns) == list(sample.columns) and set(submission[targets].to_numpy().ravel()) <= scores
+
+    assert predict.main([str(outputs / experiment), "--input", str(data_dir / "test.csv")]) == 0
+    predicted = pd.read_csv(outputs / experiment / "predictions" / "test.csv")
+    assert set(predicted[targets].to_numpy().ravel()) <= scores
+
+    args = ["--outputs", str(outputs), "--submissions", str(submissions), "--name", "blend"]
+    assert ensemble.main([str(outputs / experiment), str(outputs / "tfidf"), *args]) == 0
+    blended = pd.read_csv(submissions / "blend.csv")
+    assert blended.iloc[:, 0].equals(sample.iloc[:, 0]) and set(blended[targets].to_numpy().ravel()) <= scores
