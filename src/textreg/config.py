@@ -8,13 +8,23 @@ is built, so a typo stops the run in a second with a message that names the key 
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from textreg.errors import UserError
 from textreg.metrics import METRICS, Scorer
@@ -33,7 +43,12 @@ MINUTES = re.compile(r"(\d+(?:\.\d+)?)min")
 Precision = Annotated[Literal["auto", "no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
-def registered(what: str, name: str, registry: dict) -> str:
+def registered(what: str, name: str, registry: dict | str) -> str:
+    """`name`, if the registry has it: a dict, or "module:NAME", imported only now (the loss and truncation
+    registries import torch, which a config that is only read does without)."""
+    if isinstance(registry, str):
+        module, _, attribute = registry.partition(":")
+        registry = getattr(importlib.import_module(module), attribute)
     if name not in registry:
         raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(registry)}")
     return name
@@ -168,19 +183,12 @@ class ModelConfig(_Section):
     template must put it between {sep}s"""
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
 
-    @field_validator("truncation")
+    @field_validator("kind", "truncation")
     @classmethod
-    def _registered_truncation(cls, value: str) -> str:
-        from textreg.batching import TRUNCATIONS  # torch: not for a config that is only read
-
-        return registered("truncation", value, TRUNCATIONS)
-
-    @field_validator("kind")
-    @classmethod
-    def _registered_kind(cls, value: str) -> str:
-        from textreg.members import KINDS  # the registry imports no member: this stays cheap
-
-        return registered("member kind", value, KINDS)
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "kind":  # the registry imports no member: this stays cheap
+            return registered("member kind", value, "textreg.members:KINDS")
+        return registered("truncation", value, "textreg.batching:TRUNCATIONS")
 
 
 class DistillConfig(_Section):
@@ -236,9 +244,7 @@ class TrainConfig(_Section):
     @field_validator("loss")
     @classmethod
     def _registered_loss(cls, value: str) -> str:
-        from textreg.losses import LOSSES  # torch: not for a config that is only read
-
-        return registered("loss", value, LOSSES)
+        return registered("loss", value, "textreg.losses:LOSSES")
 
     @field_validator("target_weights")
     @classmethod
