@@ -78,10 +78,12 @@ def fold_data(cfg, eval_rows: int) -> dict:
     targets = df[cfg.data.target_columns].to_numpy(dtype=np.float32)
     valid = np.flatnonzero(df["fold"].to_numpy() == 0)[:eval_rows]
     train = np.flatnonzero(df["fold"].to_numpy() != 0)
-    ids = batcher.tokenize(texts)  # once, for Trainer and the pipeline (the plain loop pads)
+    tokens = batcher.split(texts)  # once, for Trainer and the pipeline (the plain loop pads); a window per text
+    ids = tokens.windows
     return {
         "texts": texts,
         "ids": ids,
+        "tokens": tokens,
         "targets": targets,
         "train": train,
         "mean_tokens": float(np.mean([len(ids[i]) for i in train])),  # the real ones: padding is no useful work
@@ -194,8 +196,8 @@ def run_pipeline(cfg, data: dict, steps: int, watch: AbstractContextManager = UN
     batcher, train_set = data["batcher"], TextDataset(ids, data["train"], data["targets"])
     loaders = {
         "train": batcher.train_loader(train_set, t.batch_size, cfg.seed, t.length_bucketing),
-        "valid": batcher.eval_loader(ids, data["valid"], t.eval_batch_size),
-        "test": batcher.eval_loader(ids, data["valid"][:1], t.eval_batch_size),
+        "valid": batcher.eval_loader(data["tokens"], data["valid"], t.eval_batch_size),
+        "test": batcher.eval_loader(data["tokens"], data["valid"][:1], t.eval_batch_size),
     }
     model = data["model"]()
     with watch:  # the fold's set-up and its one validation too

@@ -284,7 +284,7 @@ class RunFolder:
             metrics["cv_score_postprocessed"] = cfg.scorer.score(truth, nested)
             write_json({"thresholds": postprocess.fit(pred, truth, cfg.postprocess, cfg.scorer)}, self.postprocess_file)
         if not missing:
-            submitted = self.postprocessed(test_pred, cfg)
+            submitted = self.postprocessed(test_pred)
             submission = make_submission(load_sample_submission(cfg.data), merged[id_col], submitted, id_col, targets)
             path = cfg.submission_dir / f"{cfg.experiment}.csv"
             write_csv(submission, path)
@@ -294,10 +294,10 @@ class RunFolder:
         write_json(metrics, self.metrics_file)
         return metrics
 
-    def postprocessed(self, pred: np.ndarray, cfg: Config | None = None) -> np.ndarray:
+    def postprocessed(self, pred: np.ndarray) -> np.ndarray:
         """What is submitted from the run's raw (rows, targets) predictions: its config's `postprocess`, with the
         thresholds its merge fitted."""
-        cfg = cfg or self.load_config()
+        cfg = self.load_config()
         if not postprocess.is_active(cfg.postprocess):
             return pred
         thresholds = read_json(self.postprocess_file)["thresholds"] if self.postprocess_file.is_file() else None

@@ -323,6 +323,11 @@ class Config(_Section):
         return self
 
     @property
+    def pool_segment(self) -> int | None:
+        """The `{sep}`-separated part of the input that model.pool_column names."""
+        return None if self.model.pool_column is None else self.data.segment_of(self.model.pool_column)
+
+    @property
     def scorer(self) -> Scorer:
         return Scorer(self.metric, self.data.score_range)
 

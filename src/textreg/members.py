@@ -21,7 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # the registry is read while a config validates: it imports no member's libraries
     from textreg.artifacts import RunFolder
-    from textreg.config import Config, ModelConfig, TrainConfig
+    from textreg.config import ModelConfig, TrainConfig
     from textreg.metrics import Scorer
     from textreg.records import FoldResult, Listener
 
@@ -36,12 +36,6 @@ class Task:
     standardize_targets: bool
     run: RunFolder
     pool_segment: int | None = None  # pool the tokens of this {sep}-separated part of the input only
-
-    @classmethod
-    def of(cls, cfg: Config, run: RunFolder) -> Task:
-        column = cfg.model.pool_column
-        segment = None if column is None else cfg.data.segment_of(column)
-        return cls(cfg.data.target_columns, cfg.scorer, cfg.seed, cfg.data.standardize_targets, run, segment)
 
 
 TextsWith = Callable[[str], list[str]]  # the texts to predict, given what `{sep}` becomes
