@@ -198,21 +198,20 @@ class TextBatcher:
         stride = self.stride or max(budget // 2, 1)
         # verbose=False: a text longer than the model's length is expected here; the windows are cut below
         content = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-        windows, text_of, pool_masks = [], [], []
+        windows, text_of = [], []
+        pool_masks = None if self.pool_segment is None else []
         specials = [0] * len(self.prefix), [0] * len(self.suffix)
         for text, ids in enumerate(content):
-            pooled = self.pooled(ids)
+            pooled = None if pool_masks is None else self.pooled(ids)
             for positions in self.truncation(list(range(len(ids))), budget, stride):
                 windows.append(self.prefix + [ids[p] for p in positions] + self.suffix)
-                pool_masks.append(specials[0] + [pooled[p] for p in positions] + specials[1])
+                if pooled is not None:
+                    pool_masks.append(specials[0] + [pooled[p] for p in positions] + specials[1])
                 text_of.append(text)
-        masks = pool_masks if self.pool_segment is not None else None
-        return Tokens(windows, np.array(text_of, dtype=np.int64), masks)
+        return Tokens(windows, np.array(text_of, dtype=np.int64), pool_masks)
 
     def pooled(self, ids: list[int]) -> list[int]:
-        """1 for the tokens of the `pool_segment`-th part between separators (all tokens without a segment)."""
-        if self.pool_segment is None:
-            return [1] * len(ids)
+        """1 for the tokens of the `pool_segment`-th part between separators."""
         is_separator = np.array(ids, dtype=np.int64) == self.separator_id
         segment = np.cumsum(is_separator)
         return ((segment == self.pool_segment) & ~is_separator).astype(int).tolist()

@@ -76,9 +76,8 @@ class Member(Protocol):
 @dataclass(frozen=True)
 class Kind:
     member: str | type  # "module:Class", imported on first use, or the class itself
-    extra_rows: bool = (
-        False  # whether it learns from rows beyond the folds' (data.pseudo_label, data.extra_train_files)
-    )
+    # whether it learns from rows beyond the folds' (data.pseudo_label, data.extra_train_files)
+    extra_rows: bool = False
 
 
 KINDS: dict[str, Kind] = {

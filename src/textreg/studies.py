@@ -181,9 +181,11 @@ def summarize(study: Study, run_dirs: dict[str, Path]) -> list[dict]:
         }
     base = rows.get(study.baseline)
     for row in rows.values():
-        pairs = zip(row["fold_scores"], base["fold_scores"], strict=True) if base else []
-        better = sum(Scorer(row["metric"]).better(a, b) for a, b in pairs) if base else None
-        row["delta"], row["folds_better"] = (row["cv"] - base["cv"] if base else None), better
+        row["delta"] = row["folds_better"] = None
+        if base:
+            pairs = zip(row["fold_scores"], base["fold_scores"], strict=True)
+            row["delta"] = row["cv"] - base["cv"]
+            row["folds_better"] = sum(Scorer(row["metric"]).better(a, b) for a, b in pairs)
     return list(rows.values())
 
 
