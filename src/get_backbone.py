@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
             return
         entry = lookup(registry, args.name, args.registry)
         state = "fetched into" if fetch_backbone(args.name, entry, args.dest, args.find_links) else "already in"
-        print(f"{args.name}: {state} {args.dest / entry.folder}\n{how_to_use(entry, args.dest)}")
+        print(f"{args.name}: {state} {args.dest / entry.dest_folder}\n{how_to_use(entry, args.dest)}")
+        if entry.licence:
+            print(f"{args.name} is licensed to you under {entry.licence}")
 
     return run_reporting_user_errors(fetch)
 

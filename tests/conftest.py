@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
 import train
 
@@ -52,12 +53,50 @@ ARCHITECTURES = {
 }
 
 
+ENCODERS = list(ARCHITECTURES)
+# Decoders name their layers `layers.N` and their one dropout `attention_dropout`. Gemma 3 as EmbeddingGemma's
+# (bidirectional attention, sliding windows); the others causal.
+DECODER = dict(TINY, num_hidden_layers=2, num_key_value_heads=1, head_dim=16, attention_dropout=0.3)
+DECODERS = {
+    "gemma3_text": dict(DECODER, sliding_window=8, use_bidirectional_attention=True),
+    "qwen2": DECODER,
+    "qwen3": DECODER,
+    "llama": DECODER,
+    "mistral": DECODER,
+}
+ARCHITECTURES.update(DECODERS)
+# How each family's tokenizer frames a text: a BOS first (Gemma, Llama, Mistral) or nothing (Qwen); Llama and
+# Mistral have no pad token. Some pad on the left.
+DECODER_TOKENIZERS = {
+    "gemma3_text": dict(bos=True, pad_token="[PAD]"),
+    "qwen2": dict(bos=False, pad_token="[PAD]"),
+    "qwen3": dict(bos=False, pad_token="[PAD]", padding_side="left"),
+    "llama": dict(bos=True, pad_token=None),
+    "mistral": dict(bos=True, pad_token=None, padding_side="left"),
+}
+
+
+def decoder_tokenizer(bos: bool, pad_token: str | None, padding_side: str = "right") -> PreTrainedTokenizerFast:
+    """The packaged WordPiece vocabulary framed as a decoder's tokenizer: no [CLS] or [SEP] around a text."""
+    backend = AutoTokenizer.from_pretrained(TOKENIZER_DIR).backend_tokenizer
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A" if bos else "$A", special_tokens=[("[CLS]", backend.token_to_id("[CLS]"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="[CLS]", eos_token="[SEP]", pad_token=pad_token, padding_side=padding_side
+    )
+
+
 def make_backbone(folder: Path, arch: str) -> Path:
-    """A randomly initialised tiny backbone saved as a Hugging Face folder, with the packaged tokenizer."""
+    """A randomly initialised tiny backbone saved as a Hugging Face folder, with the packaged tokenizer (framed as a
+    decoder's for a decoder)."""
     if not (folder / "config.json").is_file():
         config = AutoConfig.for_model(arch, **ARCHITECTURES[arch])
         AutoModel.from_config(config).save_pretrained(folder)
-        AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(folder)
+        if arch in DECODER_TOKENIZERS:
+            decoder_tokenizer(**DECODER_TOKENIZERS[arch]).save_pretrained(folder)
+        else:
+            AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(folder)
     return folder
 
 

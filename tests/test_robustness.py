@@ -19,7 +19,7 @@ from conftest import train_in_process
 import merge
 import predict
 import train
-from textreg.artifacts import RunFolder
+from textreg.artifacts import RUN_FORMAT, RunFolder
 from textreg.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_merge_refuses_damaged_folds_and_other_versions_writing_nothing(finished
     assert "was written by another version of this template (run format 0" in capsys.readouterr().err
     assert not (finished_run / "oof.csv").exists()  # nothing half-written by any refused merge
 
-    run_json.write_text(json.dumps({"run_format": 1, "launches": []}))
+    run_json.write_text(json.dumps({"run_format": RUN_FORMAT, "launches": []}))
     assert merge.main([str(finished_run)]) == 0
     assert (finished_run / "oof.csv").read_bytes() == oof_before
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, ENCODERS
+from transformers import AutoConfig, AutoModel
 
 from textreg.config import DropoutConfig, ModelConfig, TrainConfig
 from textreg.engine import adamw, build_optimizer
@@ -9,7 +11,7 @@ from textreg.errors import UserError
 from textreg.model import build_model, encoder_layers, layer_depth, load_backbone_config
 from textreg.pretraining import load_mlm_model
 
-ARCHS = ["bert", "roberta", "electra", "deberta-v2", "distilbert"]
+ARCHS = list(ARCHITECTURES)  # encoders and decoders
 
 
 def model_for(backbone, **model):
@@ -24,7 +26,7 @@ def test_layerwise_decay_gives_lower_layers_smaller_learning_rates(backbones, ar
     optimizer = build_optimizer(model, TrainConfig(lr=1e-3, head_lr=5e-3, layerwise_lr_decay=0.5))
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     named = dict(model.named_parameters())
-    embeddings = [lr_of[id(p)] for n, p in named.items() if "word_embeddings" in n]
+    embeddings = [lr_of[id(p)] for n, p in named.items() if "word_embeddings" in n or "embed_tokens" in n]
     layer0 = [lr_of[id(p)] for n, p in named.items() if layer_depth(n, 2) == 1]
     layer1 = [lr_of[id(p)] for n, p in named.items() if n.startswith("backbone.") and layer_depth(n, 2) == 2]
     assert set(embeddings) == {1e-3 * 0.25} and set(layer0) == {1e-3 * 0.5} and set(layer1) == {1e-3}
@@ -32,7 +34,7 @@ def test_layerwise_decay_gives_lower_layers_smaller_learning_rates(backbones, ar
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)  # every parameter, once
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ENCODERS)
 def test_biases_and_norms_have_no_weight_decay_in_fine_tuning_and_pretraining(backbones, arch):
     """Both optimizers (fine-tuning's, and masked-LM pretraining's on the model with its LM head) group the same way:
     weight decay on the weight matrices and embeddings, none on biases and LayerNorm weights; the fused kernel."""
@@ -60,6 +62,12 @@ def test_reinit_changes_only_the_top_layers(backbones, arch):
     low_plain, low_reinit = encoder_layers(plain.backbone)[0], encoder_layers(reinit.backbone)[0]
     assert not all(torch.equal(a, b) for a, b in zip(top_plain.parameters(), top_reinit.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(low_plain.parameters(), low_reinit.parameters(), strict=True))
+    # The norms as the architecture initialises them: LayerNorm's weight at 1, Gemma's (1 + weight) RMSNorm's at 0.
+    fresh = encoder_layers(AutoModel.from_config(AutoConfig.from_pretrained(backbones[arch])))[-1]
+    norms = [(n, p) for n, p in top_reinit.named_parameters() if "norm" in n.lower() and n.endswith("weight")]
+    assert norms
+    for name, param in norms:
+        torch.testing.assert_close(param, fresh.get_parameter(name))
 
 
 def test_reinit_more_layers_than_there_are_is_refused(backbones):
@@ -74,4 +82,4 @@ def test_weighted_layer_pooling_learns_its_layer_mix(backbones, arch):
     out = model(ids, torch.ones_like(ids))
     out.sum().backward()
     assert out.shape == (2, 1)
-    assert model.layer_logits.grad is not None and model.layer_logits.grad.abs().sum() > 0
+    assert model.pooling.layer_logits.grad is not None and model.pooling.layer_logits.grad.abs().sum() > 0

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 import merge
 import train
 from textreg import engine
+from textreg.artifacts import RUN_FORMAT
 from textreg.config import ModelConfig, dump, load_config
 from textreg.model import build_model, load_backbone_config
 
@@ -151,7 +152,7 @@ def test_a_run_folder_of_another_config_is_refused(make_config, tmp_path, capsys
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump(load_config(config, ["train.lr=0.5"])))
     saved = (run_dir / "config.yaml").read_text()
-    (run_dir / "run.json").write_text('{"run_format": 1, "launches": []}')
+    (run_dir / "run.json").write_text(json.dumps({"run_format": RUN_FORMAT, "launches": []}))
     assert train.main(["--config", str(config)]) == 2
     assert "holds a run of another config (differs in train.lr)" in capsys.readouterr().err
     assert (run_dir / "config.yaml").read_text() == saved

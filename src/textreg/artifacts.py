@@ -41,7 +41,7 @@ from textreg.metrics import Scorer
 from textreg.records import FoldResult, ValidationEvent, read_history
 from textreg.submission import make_submission
 
-RUN_FORMAT = 1  # the layout of a run folder; bump it when that changes, so old folders are refused clearly
+RUN_FORMAT = 2  # the layout of a run folder; bump it when that changes, so old folders are refused clearly
 FOLD_FILES = ("model.safetensors", "oof.csv", "test.csv", "metrics.json")
 
 

@@ -28,6 +28,7 @@ REGISTRY = Path("configs/backbones.yaml")
 BACKBONES_DIR = Path("input/backbones")
 MARKER = ".backbone.json"  # written last into a fetched folder: which entry and archive made it
 SHA256 = r"^[0-9a-f]{64}$"
+FOLDER = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 BLOCK = 1 << 20
 
 
@@ -49,9 +50,15 @@ class Backbone(BaseModel):
     about: str
     parts: list[Part] = Field(min_length=1, description="in the order their pieces are joined")
     archive_sha256: str = Field(pattern=SHA256)
-    folder: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the zip's top folder")
+    folder: str = Field(pattern=FOLDER, description="the zip's top folder")
+    dest: str | None = Field(default=None, pattern=FOLDER, description="its name in input/backbones/; null: folder")
     files_sha256: dict[str, str] = Field(min_length=1, description="unpacked file -> sha256")
     config: str | None = Field(default=None, description="an experiment config that trains it")
+    licence: str | None = Field(default=None, description="terms that bind its user, printed at every fetch")
+
+    @property
+    def dest_folder(self) -> str:
+        return self.dest or self.folder
 
 
 def read_registry(path: Path = REGISTRY) -> dict[str, Backbone]:
@@ -73,13 +80,13 @@ def lookup(registry: dict[str, Backbone], name: str, path: Path = REGISTRY) -> B
 
 
 def fetch_backbone(name: str, entry: Backbone, root: Path = BACKBONES_DIR, find_links: Path | None = None) -> bool:
-    """Put `entry` in root/<folder>/; False when a folder fetched from this same archive is there already."""
-    folder = root / entry.folder
+    """Put `entry` in root/<dest_folder>/; False when a folder fetched from this same archive is there already."""
+    folder = root / entry.dest_folder
     if folder.is_dir():
         check_fetched(folder, name, entry)
         return False
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{entry.folder}.", suffix=".download") as work:
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{entry.dest_folder}.", suffix=".download") as work:
         archive = Path(work) / "archive.zip"
         join_parts(name, entry, archive, Path(work), find_links)
         write_folder_once(folder, lambda tmp: unpack(archive, name, entry, tmp))
@@ -173,5 +180,5 @@ def sha256_of(path: Path) -> str:
 
 def how_to_use(entry: Backbone, root: Path = BACKBONES_DIR) -> str:
     lines = [f"train it: accelerate launch src/train.py --config {entry.config}"] if entry.config else []
-    lines.append(f"as any config's backbone: model.backbone={root / entry.folder}")
+    lines.append(f"as any config's backbone: model.backbone={root / entry.dest_folder}")
     return "\n".join(f"  {line}" for line in lines)

@@ -184,7 +184,10 @@ class TextBatcher:
         self.max_len = max_len
         self.truncation, self.stride = TRUNCATIONS[truncation], stride
         self.separator = tokenizer.sep_token or tokenizer.eos_token or " "  # what `{sep}` of a text template becomes
-        self.collate = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
+        # Batches are padded on the right whatever the tokenizer's padding_side (the pooling finds its tokens by
+        # the mask either way); a tokenizer without a pad token (Llama's) pads with its EOS, masked all the same.
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.collate = Collator(pad if pad is not None else 0, pad_to_multiple_of)
         self.prefix, self.suffix = special_tokens(tokenizer)
         self.pool_segment, self.separator_id = pool_segment, tokenizer.convert_tokens_to_ids(self.separator)
         if pool_segment is not None and not (tokenizer.sep_token or tokenizer.eos_token):

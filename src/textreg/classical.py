@@ -29,7 +29,8 @@ from textreg.errors import UserError
 from textreg.files import write_folder_once
 from textreg.hardware import launched_processes, set_threads
 from textreg.members import Task, TextsWith
-from textreg.model import load_backbone_config, load_tokenizer, mean_pool, resolve_backbone
+from textreg.model import load_backbone_config, load_tokenizer, resolve_backbone
+from textreg.pooling import mean_pool
 from textreg.prediction import predict_rows
 from textreg.readability import FEATURES, feature_matrix
 from textreg.records import FoldResult, Listener, ValidationEvent

@@ -152,6 +152,18 @@ class DropoutConfig(_Section):
         return self
 
 
+class LoraConfig(_Section):
+    """Low-rank adapters on the backbone's linear layers (Hu et al., 2021), through peft; without dropout, as the
+    backbone."""
+
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0, description="the adapters' output is scaled by alpha / rank")
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """the linear layers that get adapters, by name (q_proj, v_proj), or all-linear"""
+    merge: bool = False
+    """prediction adds each fold's adapters into the backbone's weights: a plain backbone, no adapter products"""
+
+
 class GBMConfig(_Section):
     """features_gbm: LightGBM on the readability features, a fixed number of rounds (no early stopping on the
     validation fold, which would leak it into the CV score)."""
@@ -169,7 +181,8 @@ class ModelConfig(_Section):
     ridge_alpha: float = Field(default=1.0, gt=0, description="tfidf_ridge, embedding_ridge: the ridge penalty")
     gbm: GBMConfig = Field(default_factory=GBMConfig)
     backbone: str = Field(description="hub id, local folder, or package:<name> of an installed model package")
-    pooling: Literal["cls", "mean", "attention", "weighted_layers"] = "mean"
+    pooling: str = "mean"
+    """cls, mean, attention, weighted_layers, last_token (a decoder's); the registry is textreg.pooling.POOLINGS"""
     reinit_layers: int = Field(default=0, ge=0, description="re-initialise the top k layers of the backbone")
     max_len: int = Field(default=256, ge=8, description="the tokens of a window in training, special ones included")
     predict_max_len: int | None = Field(default=None, ge=8)
@@ -182,13 +195,31 @@ class ModelConfig(_Section):
     """pool only the tokens of this column of data.text_template (the summary, not the prompt before it); the
     template must put it between {sep}s"""
     dropout: DropoutConfig = Field(default_factory=DropoutConfig)
+    lora: LoraConfig | None = None
+    """train low-rank adapters (peft's LoRA) and the head instead of the backbone's weights; null: fine-tune them all"""
+    freeze_embeddings: bool = False
+    """leave the token embeddings as pretrained: no gradient or optimizer state for a large vocabulary's rows"""
 
-    @field_validator("kind", "truncation")
+    @field_validator("kind", "truncation", "pooling")
     @classmethod
     def _registered(cls, value: str, info: ValidationInfo) -> str:
         if info.field_name == "kind":  # the registry imports no member: this stays cheap
             return registered("member kind", value, "textreg.members:KINDS")
+        if info.field_name == "pooling":
+            return registered("pooling", value, "textreg.pooling:POOLINGS")
         return registered("truncation", value, "textreg.batching:TRUNCATIONS")
+
+    @model_validator(mode="after")
+    def _lora_trains_no_new_layer(self) -> ModelConfig:
+        if self.lora is not None and self.reinit_layers:
+            raise ValueError("model.reinit_layers with model.lora: re-initialised layers would stay frozen, random")
+        return self
+
+    @property
+    def freezes_weights(self) -> bool:
+        """Whether some backbone weights stay as pretrained: a fold then saves only the others, and prediction
+        takes the pretrained ones from the run's backbone/ folder."""
+        return self.lora is not None or self.freeze_embeddings
 
 
 class DistillConfig(_Section):

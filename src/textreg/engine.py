@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, PreTrainedTokenizerBase, get_scheduler
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase, get_scheduler
 
 from textreg import checkpoints
 from textreg.artifacts import RunFolder
@@ -33,6 +33,7 @@ from textreg.losses import training_loss
 from textreg.members import Task, TextsWith
 from textreg.metrics import Scorer
 from textreg.model import (
+    NO_FP16,
     RegressionModel,
     build_model,
     check_deterministic,
@@ -57,7 +58,7 @@ class TransformerMember:
         self.batcher = batcher_for(load_tokenizer(self.backbone_path), model, train, task.pool_segment)
         self.separator = self.batcher.separator
         self.batch_size = train.batch_size
-        self.accelerator = make_accelerator(train.mixed_precision, train.grad_accum)
+        self.accelerator = make_accelerator(train.mixed_precision, train.grad_accum, fp16_ok(self.backbone_config))
         self.threads = set_threads(train.threads)
         self.is_main_process = self.accelerator.is_main_process
         self.print = self.accelerator.print
@@ -75,11 +76,14 @@ class TransformerMember:
         )
 
     def save_assets(self, folder: Path) -> None:
-        """What prediction needs besides the fold checkpoints: the tokenizer and the backbone's config."""
+        """What prediction needs besides the fold checkpoints: the tokenizer and the backbone's config, and the
+        pretrained weights when some stay frozen (a fold saves only the others)."""
 
         def write(tmp: Path) -> None:
             self.batcher.tokenizer.save_pretrained(tmp)
             self.backbone_config.save_pretrained(tmp)
+            if self.model.freezes_weights:
+                AutoModel.from_pretrained(self.backbone_path, config=self.backbone_config).save_pretrained(tmp)
 
         write_folder_once(folder, write)
 
@@ -149,7 +153,7 @@ class TransformerMember:
         if self.train.init_from is not None:
             earlier = RunFolder(self.train.init_from)
             try:
-                model.load_state_dict(earlier.fold_weights(fold))
+                model.load_fold_state(earlier.fold_weights(fold))
             except RuntimeError as err:
                 raise UserError(f"train.init_from: {earlier.fold_dir(fold)} holds another model: {err}") from None
         elif self.task.standardize_targets:
@@ -163,23 +167,29 @@ class TransformerMember:
     def predict_folds(
         cls, model: ModelConfig, train: TrainConfig, task: Task, texts_with: TextsWith, folds: list[int]
     ) -> dict[int, np.ndarray]:
-        """Each fold's checkpoint on the backbone rebuilt from the run's `backbone/` folder: offline."""
+        """Each fold's checkpoint on the backbone rebuilt from the run's `backbone/` folder: offline. With
+        `model.lora.merge`, each fold's adapters are added into the weights while it predicts."""
         run, device = task.run, torch.device("cuda" if torch.cuda.is_available() else "cpu")
         set_cudnn_attention(train.cudnn_attention)
         batcher = batcher_for(load_tokenizer(str(run.backbone_dir)), model, train, task.pool_segment)
         texts = texts_with(batcher.separator)
         loader = batcher.texts_loader(texts, train.eval_batch_size, model.predict_max_len)
-        net = build_model(model, len(task.targets), None, AutoConfig.from_pretrained(run.backbone_dir))
-        net.to(device).eval()
+        net = run_model(model, len(task.targets), run.backbone_dir).to(device).eval()
+        merge = model.lora is not None and model.lora.merge
+        precision = choose_mixed_precision(train.mixed_precision, fp16_ok(net.backbone.config))
 
         def forward(batch: dict) -> torch.Tensor:
             return net.to_target_units(net(batch["input_ids"], batch["attention_mask"], batch.get("pool_mask")))
 
         predictions = {}
         for fold in folds:
-            net.load_state_dict(run.fold_weights(fold, str(device)))
-            with autocast(device, choose_mixed_precision(train.mixed_precision)):
+            net.load_fold_state(run.fold_weights(fold, str(device)))
+            if merge:
+                net.backbone.merge_adapter()
+            with autocast(device, precision):
                 predictions[fold] = predict_rows(forward, loader, len(texts), device=device, progress=f"fold {fold}")
+            if merge:
+                net.backbone.unmerge_adapter()  # the next fold's adapters go on the pretrained weights
         return predictions
 
 
@@ -190,13 +200,24 @@ def batcher_for(
     return TextBatcher(tokenizer, model.max_len, train.pad_to_multiple_of, model.truncation, model.stride, pool_segment)
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int = 1) -> Accelerator:
-    """One per process (`mixed_precision` as the config's: `auto` or a precision). On a GPU, batches come from
-    pinned memory and are copied without waiting."""
+def run_model(model: ModelConfig, n_targets: int, backbone_dir: Path) -> RegressionModel:
+    """A model to load a run's fold states into, from the run's backbone/ folder: random weights when the folds
+    saved them all, the pretrained ones saved there when some stayed frozen."""
+    path = str(backbone_dir) if model.freezes_weights else None
+    return build_model(model, n_targets, path, AutoConfig.from_pretrained(backbone_dir))
+
+
+def fp16_ok(config: PretrainedConfig) -> bool:
+    return config.model_type not in NO_FP16
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int = 1, fp16: bool = True) -> Accelerator:
+    """One per process (`mixed_precision` as the config's: `auto` or a precision; `fp16=False`: never fp16 for
+    `auto`). On a GPU, batches come from pinned memory and are copied without waiting."""
     return Accelerator(
         # cpu=True lets a CPU run started by torchrun (not only by accelerate launch) join its process group.
         cpu=not torch.cuda.is_available(),
-        mixed_precision=choose_mixed_precision(mixed_precision),
+        mixed_precision=choose_mixed_precision(mixed_precision, fp16),
         gradient_accumulation_steps=grad_accum,
         dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
     )
@@ -210,8 +231,9 @@ def elapsed_since(tick: float, device: torch.device) -> float:
 
 
 def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.Optimizer:
-    """The fine-tuning AdamW. The head may have its own learning rate; with layer-wise decay, each backbone layer
-    learns `layerwise_lr_decay` times slower than the one above it."""
+    """The fine-tuning AdamW over the trainable parameters (not LoRA's frozen base weights). The head may have its
+    own learning rate; with layer-wise decay, each backbone layer learns `layerwise_lr_decay` times slower than the
+    one above it."""
     head = {id(p) for p in model.head_parameters()}
     n_layers = model.backbone.config.num_hidden_layers
 
@@ -220,7 +242,8 @@ def build_optimizer(model: RegressionModel, train: TrainConfig) -> torch.optim.O
             return train.head_lr or train.lr
         return train.lr * train.layerwise_lr_decay ** (n_layers - layer_depth(name, n_layers))
 
-    return adamw(model.named_parameters(), lr_of, train.weight_decay, train.fused_optimizer)
+    trainable = ((name, param) for name, param in model.named_parameters() if param.requires_grad)
+    return adamw(trainable, lr_of, train.weight_decay, train.fused_optimizer)
 
 
 def adamw(
@@ -352,7 +375,7 @@ class Validator:
                     "diverged; lower train.lr, or try train.mixed_precision=no"
                 )
             if progress.best_state is None or self.scorer.better(val_score, progress.best_score):
-                state = self.accelerator.unwrap_model(self.model).state_dict()
+                state = self.accelerator.unwrap_model(self.model).fold_state()
                 progress.best_score, progress.best_step, progress.best_pred = val_score, progress.step, pred
                 progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         event = ValidationEvent(
@@ -373,7 +396,7 @@ class Validator:
     ) -> FoldResult:
         """The best step's weights back in the model, its test predictions (and its fitted ones, NaN off their rows)."""
         accelerator, model = self.accelerator, self.model
-        accelerator.unwrap_model(model).load_state_dict(progress.best_state)
+        accelerator.unwrap_model(model).load_fold_state(progress.best_state)
         test_pred = predict(accelerator, model, test_dl, n_test, f"fold {self.fold}: test rows")
         fitted = f"fold {self.fold}: fitted rows"
         fitted_pred = predict(accelerator, model, fitted_dl, len(self.targets), fitted) if fitted_dl else None

@@ -19,15 +19,16 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_mixed_precision(setting: str) -> str:
-    """`auto`: what `accelerate launch --mixed_precision` asked for, else the fastest the hardware does well."""
+def choose_mixed_precision(setting: str, fp16_ok: bool = True) -> str:
+    """`auto`: what `accelerate launch --mixed_precision` asked for, else the fastest the hardware does well; fp32
+    rather than fp16 for a backbone that overflows in fp16 (`fp16_ok=False`)."""
     if setting != "auto":
         return setting
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if launched != "no":
         return launched
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16" if fp16_ok else "no"
     return "bf16" if cpu_supports_bf16() else "no"
 
 

@@ -1,9 +1,10 @@
-"""Model: backbone resolution, dropout control, pooling heads and the regression model."""
+"""Model: backbone resolution, dropout control, adapters and the regression model."""
 
 from __future__ import annotations
 
 import importlib
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,10 +12,14 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from textreg.backbones import BACKBONES_DIR
-from textreg.config import DropoutConfig, ModelConfig
+from textreg.config import DropoutConfig, LoraConfig, ModelConfig
 from textreg.errors import UserError
+from textreg.pooling import POOLINGS
 
 PACKAGE_PREFIX = "package:"
+# Model types whose activations overflow in fp16 (their model cards: bf16 or fp32 only); `auto` never picks fp16 for
+# them.
+NO_FP16 = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
 
 
 def resolve_backbone(spec: str) -> str:
@@ -109,35 +114,14 @@ def check_deterministic(model: nn.Module, batch: dict[str, torch.Tensor]) -> Non
         )
 
 
-class AttentionPooling(nn.Module):
-    def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.score = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1))
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores = self.score(hidden).squeeze(-1).float().masked_fill(mask == 0, float("-inf"))
-        weights = torch.softmax(scores, dim=-1).to(hidden.dtype)
-        return torch.einsum("bt,bth->bh", weights, hidden)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
 class RegressionModel(nn.Module):
     """Backbone -> pooling -> linear head with one output per target."""
 
     def __init__(self, backbone: nn.Module, pooling: str, n_targets: int) -> None:
         super().__init__()
         self.backbone = backbone
-        hidden = backbone.config.hidden_size
-        self.pooling = pooling
-        self.attention = AttentionPooling(hidden) if pooling == "attention" else None
-        # weighted_layers: a learned softmax mix of every layer's output, then mean pooling
-        n_layers = backbone.config.num_hidden_layers
-        self.layer_logits = nn.Parameter(torch.zeros(n_layers)) if pooling == "weighted_layers" else None
-        self.head = nn.Linear(hidden, n_targets)
+        self.pooling = POOLINGS[pooling](backbone.config)
+        self.head = nn.Linear(backbone.config.hidden_size, n_targets)
         # The head predicts z-scores when targets are standardised; these buffers map them back to target
         # units, and travel inside the checkpoint. Identity by default.
         self.register_buffer("target_mean", torch.zeros(n_targets))
@@ -147,21 +131,12 @@ class RegressionModel(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`pool_mask`: the tokens the pooling reads (model.pool_column's); a window without one reads them all."""
-        mixing = self.layer_logits is not None
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=mixing)
-        hidden = out.last_hidden_state
+        all_layers = self.pooling.reads_all_layers
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers)
+        mask = attention_mask
         if pool_mask is not None:
-            attention_mask = torch.where(pool_mask.sum(1, keepdim=True) > 0, pool_mask, attention_mask)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "mean":
-            pooled = mean_pool(hidden, attention_mask)
-        elif self.pooling == "attention":
-            pooled = self.attention(hidden, attention_mask)
-        else:
-            weights = torch.softmax(self.layer_logits, dim=0).to(hidden.dtype)
-            mixed = torch.einsum("l,lbth->bth", weights, torch.stack(out.hidden_states[1:]))
-            pooled = mean_pool(mixed, attention_mask)
+            mask = torch.where(pool_mask.sum(1, keepdim=True) > 0, pool_mask, attention_mask)
+        pooled = self.pooling(out, mask, attention_mask)
         # The head in fp32 at any precision: bf16 outputs keep 8 bits of mantissa, which ties ranks and thresholds.
         with torch.autocast(pooled.device.type, enabled=False):
             return self.head(pooled.float())
@@ -175,10 +150,31 @@ class RegressionModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
 
+    def frozen(self) -> set[str]:
+        """The parameters left as pretrained (LoRA's base weights, frozen embeddings)."""
+        return {name for name, param in self.named_parameters() if not param.requires_grad}
+
+    def fold_state(self) -> dict[str, torch.Tensor]:
+        """What a fold keeps: all but the frozen weights, which prediction takes from the run's backbone/ folder. With
+        LoRA: the adapters, the pooling and the head."""
+        frozen = self.frozen()
+        return {name: value for name, value in self.state_dict().items() if name not in frozen}
+
+    def load_fold_state(self, state: dict[str, torch.Tensor]) -> None:
+        """A fold_state() into a model built as the fold's; a RuntimeError (as load_state_dict's) if it is not one."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - self.frozen():
+            lacking = sorted(set(missing) - self.frozen())[:3]
+            raise RuntimeError(f"another model's weights: unexpected {sorted(unexpected)[:3]}, missing {lacking}")
+
 
 def build_model(model_cfg: ModelConfig, n_targets: int, path: str | None, config: PretrainedConfig) -> RegressionModel:
     """The regression model on pretrained weights from `path`, or on random ones (to load a checkpoint into)."""
     backbone = AutoModel.from_pretrained(path, config=config) if path else AutoModel.from_config(config)
+    if getattr(backbone.config, "use_cache", False):
+        # A decoder keeps its keys and values for generation: here only memory, and under gradient checkpointing
+        # the recomputed layer would add them twice.
+        backbone.config.use_cache = False
     if getattr(backbone, "pooler", None) is not None:
         # Unused by our pooling heads; under DDP an unused parameter would stop the backward pass.
         backbone.pooler = None
@@ -186,7 +182,24 @@ def build_model(model_cfg: ModelConfig, n_targets: int, path: str | None, config
         disable_dropout(backbone)
     if path and model_cfg.reinit_layers:
         reinit_top_layers(backbone, model_cfg.reinit_layers)
+    if model_cfg.freeze_embeddings:
+        backbone.get_input_embeddings().requires_grad_(False)
+    if model_cfg.lora is not None:
+        backbone = with_adapters(backbone, model_cfg.lora)
     return RegressionModel(backbone, model_cfg.pooling, n_targets)
+
+
+def with_adapters(backbone: nn.Module, lora: LoraConfig) -> nn.Module:
+    """The backbone frozen, with trainable low-rank adapters on its `lora.target_modules`."""
+    import peft  # imported here: only LoRA runs need it
+
+    adapters = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=lora.target_modules, lora_dropout=0)
+    try:
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a question it renamed: noise for the user
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+            return peft.get_peft_model(backbone, adapters)
+    except ValueError as err:  # a module name the backbone does not have
+        raise UserError(f"model.lora.target_modules: {str(err).splitlines()[0]}") from err
 
 
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
@@ -199,28 +212,23 @@ def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
 
 
 def reinit_top_layers(backbone: nn.Module, k: int) -> None:
-    """Give the top k layers fresh weights: their pretraining is the most task-specific (Zhang et al., 2021)."""
+    """Give the top k layers fresh weights, as the architecture initialises them (Gemma's norms at 0, BERT's at 1):
+    their pretraining is the most task-specific (Zhang et al., 2021)."""
     layers = encoder_layers(backbone)
     if k > len(layers):
         raise UserError(f"model.reinit_layers={k}: the backbone has only {len(layers)} layers")
-    std = getattr(backbone.config, "initializer_range", 0.02)
-    with torch.no_grad():  # the backbone's own _init_weights skips weights loaded from a checkpoint
-        for module in (m for layer in layers[len(layers) - k :] for m in layer.modules()):
-            if isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, std)
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif "Norm" in type(module).__name__ and getattr(module, "weight", None) is not None:
-                module.weight.fill_(1.0)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+    with torch.no_grad():
+        for module in layers[len(layers) - k :].modules():
+            for param in module.parameters(recurse=False):
+                param._is_hf_initialized = False  # transformers' initialisers skip weights loaded from a checkpoint
+            backbone._init_weights(module)
 
 
 def layer_depth(name: str, n_layers: int) -> int:
     """0 for embeddings, i + 1 for encoder layer i, n_layers for anything above (final norms, pooling)."""
     if match := re.search(r"\.layers?\.(\d+)\.", name):
         return int(match.group(1)) + 1
-    return 0 if "embeddings" in name else n_layers
+    return 0 if "embed" in name else n_layers  # embeddings, embed_tokens
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
