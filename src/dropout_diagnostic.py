@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from transformers import AutoConfig
 
 from textreg.artifacts import RunFolder
 from textreg.batching import TextBatcher
@@ -24,6 +23,7 @@ from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
 from textreg.errors import UserError, run_reporting_user_errors
+from textreg.engine import run_model
 from textreg.files import atomic_write
 from textreg.model import build_model, load_backbone_config, load_tokenizer
 
@@ -51,18 +51,19 @@ def run(args: argparse.Namespace) -> None:
         run = RunFolder(args.run)
         cfg = run.config()
         run.check_fold(args.fold)
-        path, config = run.backbone_dir, AutoConfig.from_pretrained(run.backbone_dir)
+        path = run.backbone_dir
+        model = run_model(cfg.model, len(cfg.data.target_columns), path)
+        model.load_fold_state(run.fold_weights(args.fold))
     else:
         cfg = load_config(args.config, args.overrides)
         if cfg.model.dropout.disable:  # the point is to look at dropout: keep the checkpoint's own
             dropout = cfg.model.dropout.model_copy(update={"disable": False})
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dropout": dropout})})
         path, config = load_backbone_config(cfg.model)
-    tokenizer = load_tokenizer(str(path))
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(cfg.data.target_columns), None if args.run else path, config)
-    if args.run:
-        model.load_state_dict(run.fold_weights(args.fold))
+        torch.manual_seed(cfg.seed)  # the head's initial weights
+        model = build_model(cfg.model, len(cfg.data.target_columns), path, config)
+    tokenizer, config = load_tokenizer(str(path)), model.backbone.config
+    torch.manual_seed(cfg.seed)  # the train-mode passes' dropout draws
     df = load_train(cfg.data, cfg.cv, cfg.seed)
     if not 0 < args.texts <= len(df):
         raise UserError(f"--texts {args.texts}: between 1 and the {len(df)} training rows")
