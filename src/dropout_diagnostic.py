@@ -22,8 +22,8 @@ from textreg.batching import TextBatcher
 from textreg.config import load_config
 from textreg.data import load_train, model_inputs
 from textreg.diagnostics import dropout_effect
-from textreg.errors import UserError, run_reporting_user_errors
 from textreg.engine import run_model
+from textreg.errors import UserError, run_reporting_user_errors
 from textreg.files import atomic_write
 from textreg.model import build_model, load_backbone_config, load_tokenizer
 

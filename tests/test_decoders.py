@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DECODERS, train_in_process
+from transformers import AutoModel
 from transformers.modeling_outputs import BaseModelOutput
 
 import predict
@@ -118,3 +119,15 @@ def test_a_decoder_run_trains_and_predicts_its_test_rows_again(make_config, comp
     again = pd.read_csv(run_dir / "predictions" / "test.csv").set_index("id")["target"]
     at_fit = pd.read_csv(run_dir / "test_predictions.csv").set_index("id")["target"]
     np.testing.assert_allclose(again.loc[at_fit.index], at_fit, atol=1e-5)
+
+
+def test_a_decoder_published_in_bf16_trains_fp32_weights(backbones, tmp_path):
+    """Qwen, Llama and Mistral publish bf16 weights: they load as fp32, which AdamW's small updates need, and an fp32
+    pooling head reads them without mixed precision."""
+    folder = tmp_path / "bf16-llama"
+    AutoModel.from_pretrained(backbones["llama"], dtype=torch.bfloat16).save_pretrained(folder)
+    load_tokenizer(str(backbones["llama"])).save_pretrained(folder)
+    model = model_for(folder, pooling="attention")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ids = torch.randint(1000, 2000, (2, 8))
+    assert model(ids, torch.ones_like(ids)).dtype == torch.float32

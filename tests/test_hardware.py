@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
         ("fp16", "no", False, False, False, "fp16"),
         ("auto", "fp16", True, True, True, "fp16"),  # then `accelerate launch --mixed_precision`
         ("auto", "no", True, True, False, "bf16"),  # then the GPU: bf16 where it has it
-        ("auto", "no", True, False, True, "fp16"),
+        ("auto", "no", True, False, True, "fp16"),  # a T4: it emulates bf16, slowly
         ("auto", "no", False, False, True, "bf16"),  # then the CPU: bf16 only with AVX512-BF16 or AMX
         ("auto", "no", False, False, False, "no"),
     ],
@@ -33,7 +33,10 @@ def test_auto_precision_follows_the_launcher_then_the_hardware(
 ):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_gpu)
+    # As torch answers on a T4: bf16 "supported" when emulation counts, not natively.
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16_gpu or including_emulation
+    )
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: bf16_cpu)
     assert hardware.choose_mixed_precision(setting) == expected
 
@@ -43,7 +46,7 @@ def test_auto_precision_never_picks_fp16_for_a_gemma_backbone(monkeypatch, backb
     """On a GPU without bf16 (Kaggle's T4), Gemma trains in fp32: its activations overflow fp16."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     config = AutoConfig.from_pretrained(backbones[arch])
     assert hardware.choose_mixed_precision("auto", engine.fp16_ok(config)) == expected
 

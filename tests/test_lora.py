@@ -57,6 +57,14 @@ def test_frozen_embeddings_take_no_gradient_and_no_optimizer_state(backbones):
     assert "backbone.embed_tokens.weight" not in model.fold_state()
 
 
+def test_a_fold_that_trained_weights_this_model_freezes_is_refused(backbones):
+    """Staged training from a full fine-tune into frozen embeddings: the trained embeddings would be used, yet
+    neither saved with the fold nor in backbone/, so prediction would silently differ."""
+    trained_all = model_for(backbones["bert"]).fold_state()
+    with pytest.raises(RuntimeError, match="parameters this model keeps frozen.*word_embeddings"):
+        model_for(backbones["bert"], freeze_embeddings=True).load_fold_state(trained_all)
+
+
 def test_lora_options_that_cannot_work_are_refused(backbones, make_config):
     with pytest.raises(UserError, match="model.reinit_layers with model.lora"):
         load_config(make_config(), ["model.lora={rank: 4}", "model.reinit_layers=1"])

@@ -55,11 +55,18 @@ def test_each_metric_carries_its_direction():
     assert load_config("configs/debug.yaml", ["metric=qwk", "data.score_range=[1, 6]"]).scorer == Scorer("qwk", (1, 6))
 
 
+class SavedWhole(torch.nn.Linear):
+    """A model whose fold keeps all its weights, as a RegressionModel without frozen ones does."""
+
+    def fold_state(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
+
+
 def test_early_stopping_keeps_the_highest_qwk_step(monkeypatch):
     targets, rows = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]), np.arange(6)
     # step 10: reversed (the lowest score), step 20: exact (the highest), step 30: in between
     by_step = {10: targets[::-1] * 0.5, 20: targets.copy(), 30: targets * 0.5 + 1}
-    model = torch.nn.Linear(1, 1)
+    model = SavedWhole(1, 1)
     for name, range_ in (("qwk", (1, 6)), ("pearson", None)):
         progress = FoldProgress()
         monkeypatch.setattr(engine, "predict", lambda *args, progress=progress: by_step[progress.step])

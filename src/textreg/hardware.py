@@ -28,7 +28,8 @@ def choose_mixed_precision(setting: str, fp16_ok: bool = True) -> str:
     if launched != "no":
         return launched
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16" if fp16_ok else "no"
+        # including_emulation=False: a T4 emulates bf16, slowly; it gets fp16 (or fp32 for a backbone without it)
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16" if fp16_ok else "no"
     return "bf16" if cpu_supports_bf16() else "no"
 
 

@@ -161,16 +161,27 @@ class RegressionModel(nn.Module):
         return {name: value for name, value in self.state_dict().items() if name not in frozen}
 
     def load_fold_state(self, state: dict[str, torch.Tensor]) -> None:
-        """A fold_state() into a model built as the fold's; a RuntimeError (as load_state_dict's) if it is not one."""
+        """A fold_state() into a model built as the fold's; a RuntimeError (as load_state_dict's) if it is not one,
+        or if it holds weights this model keeps frozen (they would be used here, yet not saved with the fold)."""
+        frozen = self.frozen()
+        if trained := sorted(frozen & set(state)):
+            raise RuntimeError(f"trained weights of parameters this model keeps frozen: {trained[:3]}")
         missing, unexpected = self.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - self.frozen():
-            lacking = sorted(set(missing) - self.frozen())[:3]
+        if unexpected or set(missing) - frozen:
+            lacking = sorted(set(missing) - frozen)[:3]
             raise RuntimeError(f"another model's weights: unexpected {sorted(unexpected)[:3]}, missing {lacking}")
 
 
 def build_model(model_cfg: ModelConfig, n_targets: int, path: str | None, config: PretrainedConfig) -> RegressionModel:
-    """The regression model on pretrained weights from `path`, or on random ones (to load a checkpoint into)."""
-    backbone = AutoModel.from_pretrained(path, config=config) if path else AutoModel.from_config(config)
+    """The regression model on pretrained weights from `path`, or on random ones (to load a checkpoint into). The
+    weights are fp32 whatever the checkpoint's dtype (decoders publish bf16): AdamW's updates would round away in
+    bf16 weights; mixed precision computes in bf16 under autocast."""
+    fp32 = torch.float32
+    backbone = (
+        AutoModel.from_pretrained(path, config=config, dtype=fp32)
+        if path
+        else AutoModel.from_config(config, dtype=fp32)
+    )
     if getattr(backbone.config, "use_cache", False):
         # A decoder keeps its keys and values for generation: here only memory, and under gradient checkpointing
         # the recomputed layer would add them twice.
