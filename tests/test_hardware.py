@@ -12,6 +12,7 @@ from conftest import train_in_process
 from transformers import AutoConfig
 
 from textreg import engine, hardware
+from textreg.model import fp16_ok
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def test_auto_precision_never_picks_fp16_for_a_gemma_backbone(monkeypatch, backb
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     config = AutoConfig.from_pretrained(backbones[arch])
-    assert hardware.choose_mixed_precision("auto", engine.fp16_ok(config)) == expected
+    assert hardware.choose_mixed_precision("auto", fp16_ok(config)) == expected
 
 
 def test_the_cpu_flags_decide_bf16(monkeypatch, tmp_path):

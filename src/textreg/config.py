@@ -12,7 +12,7 @@ import importlib
 import re
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,7 +27,11 @@ from pydantic import (
 )
 
 from textreg.errors import UserError
+from textreg.members import Task
 from textreg.metrics import METRICS, Scorer
+
+if TYPE_CHECKING:  # artifacts reads configs: imported for the annotation alone
+    from textreg.artifacts import RunFolder
 
 # Keys that name a run or steer one launch of it, not what it computes: runs that differ only in them share results.
 RUN_KEYS = ("experiment", "folds", "overwrite", "tracking", "train.checkpoint_every")
@@ -357,6 +361,11 @@ class Config(_Section):
     def pool_segment(self) -> int | None:
         """The `{sep}`-separated part of the input that model.pool_column names."""
         return None if self.model.pool_column is None else self.data.segment_of(self.model.pool_column)
+
+    def task(self, run: RunFolder) -> Task:
+        """What a member learns and predicts for this config, in `run`: training and prediction build it here."""
+        data = self.data
+        return Task(data.target_columns, self.scorer, self.seed, data.standardize_targets, run, self.pool_segment)
 
     @property
     def scorer(self) -> Scorer:

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase, get_scheduler
+from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase, get_scheduler
 
 from textreg import checkpoints
 from textreg.artifacts import RunFolder
@@ -33,11 +33,11 @@ from textreg.losses import training_loss
 from textreg.members import Task, TextsWith
 from textreg.metrics import Scorer
 from textreg.model import (
-    NO_FP16,
     RegressionModel,
     build_model,
     check_deterministic,
     encoder_layers,
+    fp16_ok,
     layer_depth,
     load_backbone_config,
     load_tokenizer,
@@ -205,10 +205,6 @@ def run_model(model: ModelConfig, n_targets: int, backbone_dir: Path) -> Regress
     saved them all, the pretrained ones saved there when some stayed frozen."""
     path = str(backbone_dir) if model.freezes_weights else None
     return build_model(model, n_targets, path, AutoConfig.from_pretrained(backbone_dir))
-
-
-def fp16_ok(config: PretrainedConfig) -> bool:
-    return config.model_type not in NO_FP16
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int = 1, fp16: bool = True) -> Accelerator:

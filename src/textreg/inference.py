@@ -19,9 +19,7 @@ def predict_file(run_dir: Path, input_path: Path) -> pd.DataFrame:
     cfg = run.require_finished()
     folds = list(range(cfg.cv.n_folds))
     df = load_test(cfg.data, input_path)
-    task = members.Task(
-        cfg.data.target_columns, cfg.scorer, cfg.seed, cfg.data.standardize_targets, run, cfg.pool_segment
-    )
+    task = cfg.task(run)
     kind = members.member_class(cfg.model.kind)
     per_fold = kind.predict_folds(cfg.model, cfg.train, task, lambda sep: model_inputs(df, cfg.data, sep), folds)
     targets = cfg.data.target_columns

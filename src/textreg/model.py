@@ -22,6 +22,10 @@ PACKAGE_PREFIX = "package:"
 NO_FP16 = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
 
 
+def fp16_ok(config: PretrainedConfig) -> bool:
+    return config.model_type not in NO_FP16
+
+
 def resolve_backbone(spec: str) -> str:
     """A local folder, `package:<module>` (an installed package shipping a model folder) or a hub id."""
     if spec.startswith(PACKAGE_PREFIX):

@@ -48,9 +48,7 @@ def run_cv(cfg: Config) -> dict | None:
     check_test_ids(test_df, load_sample_submission(cfg.data), cfg.data.id_column)
     folds = cfg.folds if cfg.folds is not None else list(range(cfg.cv.n_folds))
     run = RunFolder(cfg.run_dir)
-    task = members.Task(
-        cfg.data.target_columns, cfg.scorer, cfg.seed, cfg.data.standardize_targets, run, cfg.pool_segment
-    )
+    task = cfg.task(run)
     member = members.member_class(cfg.model.kind)(cfg.model, cfg.train, task)
     check_batch_size(member.batch_size, len(train_df), cfg.cv.n_folds)
     run.check_writable(cfg.to_dict())
